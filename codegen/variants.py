@@ -1,0 +1,34 @@
+"""Every kernel variant realm_web ships: what is fixed per model (quant type, head dim, op flavour).
+
+Device-dependent numbers (workgroup sizes) are WGSL `override` constants set when a pipeline is made, so
+they are not variants. A variant's name is its cache key, its file name (realm_web/wgsl/NAME.wgsl) and its
+GPU label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from realm_web.quants import COMPUTE_TYPES
+
+FLOAT_TYPES = ("F32", "F16", "BF16")  # rows may be any length: units past K read as zero
+HEAD_DIMS = (32, 64, 80, 96, 112, 128, 256)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    template: str
+    params: dict = field(default_factory=dict)
+
+
+def variants() -> list[Variant]:
+    out: list[Variant] = []
+    for qt in COMPUTE_TYPES:
+        q = qt.lower()
+        common = {"qtype": q, "guard_k": qt in FLOAT_TYPES}
+        out.append(Variant(f"matvec_{q}", "matvec.wgsl.j2", {**common, "subgroups": False}))
+        out.append(Variant(f"matvec_{q}_sg", "matvec.wgsl.j2", {**common, "subgroups": True}))
+        out.append(Variant(f"matmul_{q}", "matmul.wgsl.j2", common))
+        out.append(Variant(f"get_rows_{q}", "get_rows.wgsl.j2", common))
+    return out

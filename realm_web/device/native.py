@@ -1,0 +1,173 @@
+"""Device on wgpu-py (Vulkan, Metal, D3D12; Mesa's lavapipe when there is no GPU).
+
+The only module that imports wgpu. See `realm_web.device` for the interface it implements.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import wgpu
+
+from realm_web.device import DeviceInfo
+from realm_web.errors import DeviceError
+
+# Optional features used when the adapter has them. wgpu-py spells the WebGPU "subgroups" feature "subgroup".
+_WANTED_FEATURES = ("subgroup", "timestamp-query")
+
+
+@dataclass
+class NativeBuffer:
+    handle: Any  # wgpu.GPUBuffer
+    size: int
+    label: str
+
+
+@dataclass
+class NativeDispatch:
+    name: str
+    pipeline: Any
+    bind_group: Any
+    groups: tuple[int, int, int]
+
+
+class NativeDevice:
+    def __init__(self, adapter: Any, device: Any, info: DeviceInfo):
+        self.adapter = adapter
+        self.device = device
+        self.info = info
+        self._modules: dict[str, Any] = {}
+        self._pipelines: dict[tuple, Any] = {}
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        power_preference: str = "high-performance",
+        max_storage_binding: int | None = None,
+        features: tuple[str, ...] | None = None,
+    ) -> NativeDevice:
+        """Open the best adapter. `max_storage_binding` lowers the binding limit the runtime plans with
+        (tests use it to force weight splitting); `features` restricts the optional features used."""
+        os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # Mesa warns without it
+        try:
+            adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+        except Exception as e:  # wgpu raises plain RuntimeError when no adapter exists
+            raise DeviceError(f"no WebGPU adapter found: {e}") from e
+        if adapter is None:
+            raise DeviceError("no WebGPU adapter found (install a Vulkan driver, e.g. mesa-vulkan-drivers)")
+        wanted = _WANTED_FEATURES if features is None else features
+        feats = [f for f in wanted if f in adapter.features]
+        al = adapter.limits
+        limits = {
+            k: al[k]
+            for k in (
+                "max-storage-buffer-binding-size",
+                "max-buffer-size",
+                "max-compute-workgroup-storage-size",
+                "max-compute-invocations-per-workgroup",
+                "max-compute-workgroup-size-x",
+                "max-storage-buffers-per-shader-stage",
+            )
+        }
+        try:
+            device = adapter.request_device_sync(required_features=feats, required_limits=limits)
+        except Exception as e:
+            raise DeviceError(f"could not open a device on {adapter.info['description']}: {e}") from e
+        ai = adapter.info
+        binding = limits["max-storage-buffer-binding-size"]
+        if max_storage_binding is not None:
+            binding = min(binding, max_storage_binding)
+        info = DeviceInfo(
+            name=ai.get("device") or ai.get("description") or "unknown",
+            backend=ai.get("backend_type", "unknown"),
+            adapter_type=ai.get("adapter_type", "unknown"),
+            features=frozenset(feats),
+            max_storage_binding=binding,
+            max_buffer=limits["max-buffer-size"],
+            max_workgroup_storage=limits["max-compute-workgroup-storage-size"],
+            max_invocations=limits["max-compute-invocations-per-workgroup"],
+            max_workgroups_per_dim=al["max-compute-workgroups-per-dimension"],
+            max_storage_buffers_per_stage=limits["max-storage-buffers-per-shader-stage"],
+        )
+        return cls(adapter, device, info)
+
+    # -- buffers -------------------------------------------------------------------------------------------
+    def create_buffer(self, size: int, label: str = "", *, uniform: bool = False) -> NativeBuffer:
+        size = max(4, (size + 3) & ~3)  # WebGPU sizes of copies and writes are multiples of 4
+        if size > self.info.max_buffer:
+            raise DeviceError(f"buffer {label!r} of {size} bytes exceeds the device limit {self.info.max_buffer}")
+        u = wgpu.BufferUsage
+        usage = (u.UNIFORM | u.COPY_DST) if uniform else (u.STORAGE | u.COPY_SRC | u.COPY_DST)
+        try:
+            handle = self.device.create_buffer(size=size, usage=usage, label=label)
+        except Exception as e:
+            raise DeviceError(f"could not allocate buffer {label!r} of {size} bytes: {e}") from e
+        return NativeBuffer(handle, size, label)
+
+    def write(self, buf: NativeBuffer, data: bytes | bytearray | memoryview, offset: int = 0) -> None:
+        mv = memoryview(data).cast("B")
+        n = len(mv)
+        if n % 4:  # queue.writeBuffer needs a multiple of 4 bytes
+            mv = memoryview(bytes(mv) + bytes(4 - n % 4))
+        self.device.queue.write_buffer(buf.handle, offset, mv)
+
+    def read(self, buf: NativeBuffer, offset: int = 0, size: int | None = None) -> bytes:
+        size = buf.size - offset if size is None else size
+        padded = (size + 3) & ~3
+        return bytes(self.device.queue.read_buffer(buf.handle, offset, padded))[:size]
+
+    def destroy(self, buf: NativeBuffer) -> None:
+        buf.handle.destroy()
+
+    # -- pipelines and dispatches --------------------------------------------------------------------------
+    def _pipeline(self, name: str, wgsl: str, constants: dict[str, int | float]) -> Any:
+        key = (name, tuple(sorted(constants.items())))
+        pipe = self._pipelines.get(key)
+        if pipe is None:
+            module = self._modules.get(name)
+            if module is None:
+                # Naga (wgpu-native 0.32) implements subgroup builtins but rejects the standard
+                # `enable subgroups;` directive that browsers require; the device feature gates them here.
+                code = wgsl.replace("enable subgroups;", "")
+                module = self._modules[name] = self.device.create_shader_module(code=code, label=name)
+            pipe = self.device.create_compute_pipeline(
+                layout="auto",
+                compute={"module": module, "entry_point": "main", "constants": dict(constants)},
+                label=name,
+            )
+            self._pipelines[key] = pipe
+        return pipe
+
+    def dispatch(
+        self,
+        name: str,
+        wgsl: str,
+        constants: dict[str, int | float],
+        buffers: list[Any],
+        groups: tuple[int, int, int],
+    ) -> NativeDispatch:
+        """Build a dispatch: `buffers[i]` is bound at @binding(i) as a whole buffer or (buffer, offset, size)."""
+        pipe = self._pipeline(name, wgsl, constants)
+        entries = []
+        for i, b in enumerate(buffers):
+            buf, off, size = (b.handle, 0, b.size) if isinstance(b, NativeBuffer) else (b[0].handle, b[1], b[2])
+            entries.append({"binding": i, "resource": {"buffer": buf, "offset": off, "size": size}})
+        bg = self.device.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=entries, label=name)
+        for g in groups:
+            if not 0 < g <= self.info.max_workgroups_per_dim:
+                raise DeviceError(f"{name}: grid {groups} outside 1..{self.info.max_workgroups_per_dim}")
+        return NativeDispatch(name, pipe, bg, groups)
+
+    def submit(self, dispatches: list[NativeDispatch]) -> None:
+        """Record the dispatches into one compute pass and submit them as one command buffer."""
+        enc = self.device.create_command_encoder()
+        cp = enc.begin_compute_pass()
+        for d in dispatches:
+            cp.set_pipeline(d.pipeline)
+            cp.set_bind_group(0, d.bind_group)
+            cp.dispatch_workgroups(*d.groups)
+        cp.end()
+        self.device.queue.submit([enc.finish()])

@@ -1,0 +1,86 @@
+"""Dequantize + matrix products and embedding lookup, for every GGUF compute type.
+
+Host side of shaders/matvec.wgsl.j2 (decode), matmul.wgsl.j2 (prefill, batches) and get_rows.wgsl.j2.
+A weight split into parts (see realm_web.weights) gets one dispatch per part; parts write disjoint output
+columns (matvec, matmul) or disjoint tokens (get_rows).
+"""
+
+from __future__ import annotations
+
+from realm_web.device import Buffer, Device, Dispatch
+from realm_web.kernels import build, fold, pow2_at_most, u32s
+from realm_web.weights import Weight
+
+UNIT = 32  # elements per dequantize_unit call (every type's snippet)
+MATMUL_TN = 8  # tokens per matmul workgroup (const TN in matmul.wgsl.j2)
+
+
+def _units(w: Weight) -> int:
+    return -(-w.row_elems // UNIT)
+
+
+def matvec(
+    dev: Device,
+    w: Weight,
+    x: Buffer,
+    y: Buffer,
+    *,
+    n_vec: int = 1,
+    x_stride: int | None = None,
+    y_stride: int | None = None,
+    y_col: int = 0,
+) -> list[Dispatch]:
+    """y[v, y_col + r] = sum_k W[r, k] x[v, k] for v < n_vec. Strides in f32 elements."""
+    x_stride = w.row_elems if x_stride is None else x_stride
+    y_stride = w.n_rows if y_stride is None else y_stride
+    sg = dev.info.subgroups
+    name = f"matvec_{w.type.name.lower()}{'_sg' if sg else ''}"
+    wg = pow2_at_most(64, dev.info.max_invocations)
+    out = []
+    for part in w.parts:
+        gx, gy = fold(part.n_rows, dev.info.max_workgroups_per_dim)
+        params = u32s(w.row_elems, part.n_rows, w.row_bytes, _units(w), x_stride, y_stride,
+                      y_col + part.row_begin, gx)  # fmt: skip
+        out.append(build(dev, name, params, [part.buffer, x, y], (gx, gy, n_vec), {"WG": wg}))
+    return out
+
+
+def matmul(
+    dev: Device,
+    w: Weight,
+    x: Buffer,
+    y: Buffer,
+    n_tok: int,
+    *,
+    x_stride: int | None = None,
+    y_stride: int | None = None,
+    y_col: int = 0,
+) -> list[Dispatch]:
+    """Y[n, y_col + r] = sum_k W[r, k] X[n, k] for n < n_tok. Strides in f32 elements."""
+    x_stride = w.row_elems if x_stride is None else x_stride
+    y_stride = w.n_rows if y_stride is None else y_stride
+    name = f"matmul_{w.type.name.lower()}"
+    wg = pow2_at_most(64, dev.info.max_invocations)
+    out = []
+    for part in w.parts:
+        gx, gy = fold(-(-part.n_rows // wg), dev.info.max_workgroups_per_dim)
+        params = u32s(w.row_elems, part.n_rows, w.row_bytes, _units(w), n_tok, x_stride, y_stride,
+                      y_col + part.row_begin, gx)  # fmt: skip
+        gz = -(-n_tok // MATMUL_TN)
+        out.append(build(dev, name, params, [part.buffer, x, y], (gx, gy, gz), {"WG": wg}))
+    return out
+
+
+def get_rows(
+    dev: Device, w: Weight, ids: Buffer, out: Buffer, n_tok: int, *, out_stride: int | None = None
+) -> list[Dispatch]:
+    """out[t, :] = dequantize(W[ids[t], :]) for t < n_tok (ids are u32, each < w.n_rows)."""
+    out_stride = w.row_elems if out_stride is None else out_stride
+    name = f"get_rows_{w.type.name.lower()}"
+    wg = pow2_at_most(64, dev.info.max_invocations)
+    res = []
+    for part in w.parts:
+        gx, gy = fold(-(-_units(w) // wg), dev.info.max_workgroups_per_dim)
+        params = u32s(w.row_elems, part.n_rows, w.row_bytes, _units(w), part.row_begin, out_stride, gx, 0)
+        res.append(build(dev, name, params, [part.buffer, ids, out], (gx, gy, n_tok), {"WG": wg}))
+    return res

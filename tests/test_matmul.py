@@ -1,0 +1,76 @@
+"""Fused dequantize + matvec / matmul / embedding lookup for every GGUF compute type, against gguf-py's
+dequantizer (checked against ggml's C by gguf-py) followed by a float64 product."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gpu import random_tensor, read_f32, upload_array, weight
+
+from realm_web.kernels.matmul import get_rows, matmul, matvec
+from realm_web.quants import BY_NAME, COMPUTE_TYPES
+
+# f32 accumulation over K ≤ ~1000 terms: |err| ≤ TOL * sum_k |w_k x_k|. Typical error is ~1e-7 of that sum;
+# a wrong bit layout gives errors of order 1.
+TOL = 2e-5
+
+
+def shapes(type_name: str) -> list[tuple[int, int]]:
+    """(n_rows, K): rows not multiples of the workgroup, K of one and several blocks."""
+    be = BY_NAME[type_name].block_elems
+    if be == 1:
+        return [(1, 33), (67, 100), (130, 257)]
+    return [(1, be), (67, 3 * be), (130, max(2 * be, 512))]
+
+
+def check(y: np.ndarray, w: np.ndarray, x: np.ndarray) -> None:
+    ref = x @ w.T
+    bound = TOL * (np.abs(x) @ np.abs(w).T) + 1e-30
+    err = np.abs(y.reshape(ref.shape) - ref)
+    assert (err <= bound).all(), f"max err/bound {np.max(err / bound):.3g}"
+
+
+@pytest.mark.parametrize("type_name", COMPUTE_TYPES)
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+@pytest.mark.parametrize("subgroups", [True, False], ids=["sg", "nosg"])
+def test_matvec(dev, dev_plain, rng, type_name, split, subgroups):
+    dev = dev if subgroups else dev_plain
+    assert dev.info.subgroups == subgroups or not subgroups
+    for n_rows, k in shapes(type_name):
+        data, ref = random_tensor(type_name, n_rows, k, rng)
+        # split: force parts of ~1/3 of the tensor (a 1 MiB limit is the same mechanism at model scale)
+        mb = max(len(data) // n_rows + 3, len(data) // 3) if split else None
+        w = weight(dev, type_name, data, n_rows, k, max_binding=mb)
+        if split and n_rows > 2:
+            assert len(w.parts) > 1
+        n_vec = 2
+        x = rng.standard_normal((n_vec, k)).astype(np.float32)
+        xb, yb = upload_array(dev, x), dev.create_buffer(4 * n_vec * n_rows, "y")
+        dev.submit(matvec(dev, w, xb, yb, n_vec=n_vec))
+        check(read_f32(dev, yb, n_vec * n_rows), ref, x.astype(np.float64))
+
+
+@pytest.mark.parametrize("type_name", COMPUTE_TYPES)
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+def test_matmul(dev, rng, type_name, split):
+    for (n_rows, k), n_tok in zip(shapes(type_name), (1, 9, 17), strict=True):
+        data, ref = random_tensor(type_name, n_rows, k, rng)
+        mb = max(len(data) // n_rows + 3, len(data) // 3) if split else None
+        w = weight(dev, type_name, data, n_rows, k, max_binding=mb)
+        x = rng.standard_normal((n_tok, k)).astype(np.float32)
+        xb, yb = upload_array(dev, x), dev.create_buffer(4 * n_tok * n_rows, "y")
+        dev.submit(matmul(dev, w, xb, yb, n_tok))
+        check(read_f32(dev, yb, n_tok * n_rows), ref, x.astype(np.float64))
+
+
+@pytest.mark.parametrize("type_name", COMPUTE_TYPES)
+def test_get_rows(dev, rng, type_name):
+    n_rows, k = shapes(type_name)[1]
+    data, ref = random_tensor(type_name, n_rows, k, rng)
+    ids = np.array([0, n_rows - 1, 5, 5, n_rows // 2, 1, 33], dtype=np.uint32)
+    for mb in (None, max(len(data) // n_rows + 3, len(data) // 4)):
+        w = weight(dev, type_name, data, n_rows, k, max_binding=mb)
+        ob = dev.create_buffer(4 * len(ids) * k, "out")
+        dev.submit(get_rows(dev, w, upload_array(dev, ids), ob, len(ids)))
+        got = read_f32(dev, ob, len(ids) * k).reshape(len(ids), k)
+        np.testing.assert_array_equal(got, ref[ids].astype(np.float32))  # dequantization is exact in f32
