@@ -31,4 +31,5 @@ def variants() -> list[Variant]:
         out.append(Variant(f"matvec_{q}_sg", "matvec.wgsl.j2", {**common, "subgroups": True}))
         out.append(Variant(f"matmul_{q}", "matmul.wgsl.j2", common))
         out.append(Variant(f"get_rows_{q}", "get_rows.wgsl.j2", common))
+    out.append(Variant("copy", "copy.wgsl.j2"))
     return out

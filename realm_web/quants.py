@@ -39,3 +39,10 @@ BY_NAME: dict[str, GGMLType] = {t.name: t for t in TYPES.values()}
 # Types with dequantize+matmul kernels (the GGUF quant types llama-family models use).
 COMPUTE_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
                  "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")  # fmt: skip
+
+# Byte offsets of each block's f16 scale fields (d, and dmin/m where present), from ggml-common.h.
+# Random bytes elsewhere make a valid block of these types; benchmarks and tests use that.
+SCALE_FIELDS = {
+    "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
+    "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
+}  # fmt: skip

@@ -45,7 +45,10 @@ def test_matvec(dev, dev_plain, rng, type_name, split, subgroups):
             assert len(w.parts) > 1
         n_vec = 2
         x = rng.standard_normal((n_vec, k)).astype(np.float32)
-        xb, yb = upload_array(dev, x), dev.create_buffer(4 * n_vec * n_rows, "y")
+        # input rows padded to a multiple of 4 with NaN: the kernel must not read past K
+        xp = np.full((n_vec, (k + 3) // 4 * 4), np.nan, dtype=np.float32)
+        xp[:, :k] = x
+        xb, yb = upload_array(dev, xp), dev.create_buffer(4 * n_vec * n_rows, "y")
         dev.submit(matvec(dev, w, xb, yb, n_vec=n_vec))
         check(read_f32(dev, yb, n_vec * n_rows), ref, x.astype(np.float64))
 
@@ -58,7 +61,9 @@ def test_matmul(dev, rng, type_name, split):
         mb = max(len(data) // n_rows + 3, len(data) // 3) if split else None
         w = weight(dev, type_name, data, n_rows, k, max_binding=mb)
         x = rng.standard_normal((n_tok, k)).astype(np.float32)
-        xb, yb = upload_array(dev, x), dev.create_buffer(4 * n_tok * n_rows, "y")
+        xp = np.full((n_tok, (k + 3) // 4 * 4), np.nan, dtype=np.float32)  # NaN padding must not be read
+        xp[:, :k] = x
+        xb, yb = upload_array(dev, xp), dev.create_buffer(4 * n_tok * n_rows, "y")
         dev.submit(matmul(dev, w, xb, yb, n_tok))
         check(read_f32(dev, yb, n_tok * n_rows), ref, x.astype(np.float64))
 

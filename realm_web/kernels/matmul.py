@@ -15,6 +15,10 @@ UNIT = 32  # elements per dequantize_unit call (every type's snippet)
 MATMUL_TN = 8  # tokens per matmul workgroup (const TN in matmul.wgsl.j2)
 
 
+def _ceil4(n: int) -> int:
+    return (n + 3) & ~3
+
+
 def _units(w: Weight) -> int:
     return -(-w.row_elems // UNIT)
 
@@ -30,8 +34,11 @@ def matvec(
     y_stride: int | None = None,
     y_col: int = 0,
 ) -> list[Dispatch]:
-    """y[v, y_col + r] = sum_k W[r, k] x[v, k] for v < n_vec. Strides in f32 elements."""
-    x_stride = w.row_elems if x_stride is None else x_stride
+    """y[v, y_col + r] = sum_k W[r, k] x[v, k] for v < n_vec. Strides in f32 elements; the input stride must be
+    a multiple of 4 (x is read as vec4: activation rows are allocated with widths rounded up to 4)."""
+    x_stride = _ceil4(w.row_elems) if x_stride is None else x_stride
+    if x_stride % 4:
+        raise ValueError(f"matvec input stride {x_stride} is not a multiple of 4")
     y_stride = w.n_rows if y_stride is None else y_stride
     sg = dev.info.subgroups
     name = f"matvec_{w.type.name.lower()}{'_sg' if sg else ''}"
@@ -56,8 +63,11 @@ def matmul(
     y_stride: int | None = None,
     y_col: int = 0,
 ) -> list[Dispatch]:
-    """Y[n, y_col + r] = sum_k W[r, k] X[n, k] for n < n_tok. Strides in f32 elements."""
-    x_stride = w.row_elems if x_stride is None else x_stride
+    """Y[n, y_col + r] = sum_k W[r, k] X[n, k] for n < n_tok. Strides in f32 elements; the input stride must be
+    a multiple of 4, as for matvec."""
+    x_stride = _ceil4(w.row_elems) if x_stride is None else x_stride
+    if x_stride % 4:
+        raise ValueError(f"matmul input stride {x_stride} is not a multiple of 4")
     y_stride = w.n_rows if y_stride is None else y_stride
     name = f"matmul_{w.type.name.lower()}"
     wg = pow2_at_most(64, dev.info.max_invocations)

@@ -5,7 +5,7 @@ struct Params {
     row_bytes: u32,  // bytes per weight row in the buffer
     n_units: u32,    // ceil(K / UNIT)
     n_tok: u32,      // tokens (rows of X and Y)
-    x_stride: u32,   // f32 elements between consecutive rows of X
+    x_stride: u32,   // f32 elements between consecutive rows of X (a multiple of 4)
     y_stride: u32,   // f32 elements between consecutive rows of Y
     y_offset: u32,   // column of Y written by this part's row 0
     groups_x: u32,   // workgroups along grid x
@@ -13,7 +13,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 override WG: u32 = 64u;  // weight rows per workgroup (one per invocation)
@@ -21,7 +21,7 @@ const TN: u32 = 8u;      // tokens per workgroup
 const UPC: u32 = 8u;     // weight units per staged chunk of X
 const CHUNK: u32 = 256u; // UPC * UNIT elements of X staged per token
 
-var<workgroup> xs: array<f32, 2048>;  // [TN][CHUNK]
+var<workgroup> xs: array<vec4<f32>, 512>;  // [TN][CHUNK / 4]
 
 // byte `b` of the weight buffer, as 0..255
 fn w_u8(b: u32) -> u32 {
@@ -58,6 +58,31 @@ fn u8x4(v: u32) -> vec4<f32> {
     return vec4<f32>(vec4<u32>(v & 0xffu, (v >> 8u) & 0xffu, (v >> 16u) & 0xffu, v >> 24u));
 }
 
+// 4 little-endian u32s (16 bytes) at an even byte offset, from 4 aligned loads (5 when only 2-aligned)
+fn w_u32x4(b: u32) -> vec4<u32> {
+    let a = b >> 2u;
+    let sh = (b & 2u) * 8u;  // 0 or 16
+    let lo = vec4<u32>(w[a], w[a + 1u], w[a + 2u], w[a + 3u]);
+    // the 5th word only when it is needed, so an aligned read never touches the word past its 16 bytes
+    let hi = vec4<u32>(lo.yzw, w[a + 3u + (sh >> 4u)]);
+    // (hi << 1) << (31 - sh) is hi << (32 - sh) without a shift by 32 (WGSL shifts are modulo 32)
+    return (lo >> vec4<u32>(sh)) | ((hi << vec4<u32>(1u)) << vec4<u32>(31u - sh));
+}
+
+// bits 0..3 of `n` as bit 0 of bytes 0..3: the multiply puts copies of n at bits 0, 7, 14, 21 (no
+// carries: 4-bit copies 7 apart), so bit i of copy i lands on bit 8i
+fn bits_to_bytes(n: u32) -> u32 {
+    return ((n & 0xfu) * 0x00204081u) & 0x01010101u;
+}
+
+// v[i..i+4] = q
+fn set4(v: ptr<function, array<f32, 32>>, i: u32, q: vec4<f32>) {
+    (*v)[i] = q.x;
+    (*v)[i + 1u] = q.y;
+    (*v)[i + 2u] = q.z;
+    (*v)[i + 3u] = q.w;
+}
+
 // F32: 4 bytes an element. A unit is 32 consecutive elements; past K they read as 0 (rows of float
 // tensors need not be multiples of 32).
 const UNIT: u32 = 32u;
@@ -80,11 +105,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc: array<f32, 8>;  // [TN]
     for (var u0 = 0u; u0 < p.n_units; u0 += UPC) {
         // stage X[n0 .. n0+TN][u0*UNIT .. +CHUNK]; zeros past the ends
-        for (var i = t; i < TN * CHUNK; i += WG) {
-            let n = n0 + i / CHUNK;
-            let k = u0 * UNIT + i % CHUNK;
-            let ok = n < p.n_tok && k < p.K;
-            xs[i] = select(0.0, x[min(n, p.n_tok - 1u) * p.x_stride + min(k, p.K - 1u)], ok);
+        for (var i = t; i < TN * CHUNK / 4u; i += WG) {
+            let n = n0 + i / (CHUNK / 4u);
+            let k = u0 * UNIT + 4u * (i % (CHUNK / 4u));
+            let xv = x[min(n, p.n_tok - 1u) * (p.x_stride / 4u) + min(k, p.K - 1u) / 4u];
+            xs[i] = select(vec4<f32>(0.0), xv, (vec4<u32>(k, k + 1u, k + 2u, k + 3u) < vec4<u32>(p.K)) & vec4<bool>(n < p.n_tok));
         }
         workgroupBarrier();
         if (row < p.n_rows) {
@@ -92,9 +117,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let v = dequant_unit(base, u0 + uu, p.K);
                 for (var j = 0u; j < TN; j++) {
                     var s = 0.0;
-                    let xo = j * CHUNK + uu * UNIT;
-                    for (var i = 0u; i < UNIT; i++) {
-                        s += v[i] * xs[xo + i];
+                    let xo = j * (CHUNK / 4u) + uu * (UNIT / 4u);
+                    for (var i = 0u; i < UNIT / 4u; i++) {
+                        s += dot(vec4<f32>(v[4u * i], v[4u * i + 1u], v[4u * i + 2u], v[4u * i + 3u]), xs[xo + i]);
                     }
                     acc[j] += s;
                 }

@@ -1,0 +1,108 @@
+"""Benchmarks (native only: uses numpy). `realm-web bench --kernels`: decode matvec bandwidth per quant type
+beside the same adapter's plain copy bandwidth, measured in one run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from realm_web.device import Device
+from realm_web.kernels import build, fold, u32s
+from realm_web.kernels.matmul import matvec
+from realm_web.quants import BY_NAME, COMPUTE_TYPES, SCALE_FIELDS
+from realm_web.weights import upload_bytes
+
+
+def random_weight_bytes(type_name: str, n_rows: int, k: int, seed: int = 0) -> bytes:
+    """Valid random data of a GGUF type: random quants, small finite f16 scales (denormals and NaNs would
+    distort timings on CPU adapters)."""
+    rng = np.random.default_rng(seed)
+    t = BY_NAME[type_name]
+    if t.block_elems == 1:
+        vals = rng.standard_normal(n_rows * k).astype(np.float32)
+        if type_name == "F16":
+            return vals.astype(np.float16).tobytes()
+        if type_name == "BF16":
+            return (vals.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+        return vals.tobytes()
+    n_blocks = n_rows * k // t.block_elems
+    raw = rng.integers(0, 256, size=(n_blocks, t.block_bytes), dtype=np.uint8)
+    for off in SCALE_FIELDS[type_name]:
+        raw[:, off : off + 2] = rng.uniform(0.002, 0.05, n_blocks).astype(np.float16).view(np.uint8).reshape(-1, 2)
+    return raw.tobytes()
+
+
+def _time(dev: Device, dispatches: list, sync_buf, reps: int) -> float:
+    """Seconds per repetition of `dispatches`, all repetitions in one submission, waited for by a read."""
+    dev.submit(dispatches)
+    dev.read(sync_buf, 0, 4)
+    t0 = time.perf_counter()
+    dev.submit(dispatches * reps)
+    dev.read(sync_buf, 0, 4)
+    return (time.perf_counter() - t0) / reps
+
+
+def copy_bandwidth(dev: Device, nbytes: int = 64 << 20, rounds: int = 3) -> float:
+    """Bytes moved per second (read + written) by a plain vec4 copy kernel: best of `rounds`."""
+    nbytes = min(nbytes, dev.info.max_storage_binding) & ~15
+    src, dst = dev.create_buffer(nbytes, "copy.src"), dev.create_buffer(nbytes, "copy.dst")
+    wg = 64
+    n4 = nbytes // 16
+    gx, gy = fold(-(-n4 // wg), dev.info.max_workgroups_per_dim)
+    d = build(dev, "copy", u32s(n4, gx, 0, 0), [src, dst], (gx, gy, 1), {"WG": wg})
+    best = min(_time(dev, [d], dst, 8) for _ in range(rounds))
+    dev.destroy(src)
+    dev.destroy(dst)
+    return 2 * nbytes / best
+
+
+@dataclass
+class KernelResult:
+    type: str
+    weight_bytes: int
+    seconds: float
+
+    @property
+    def gbps(self) -> float:
+        return self.weight_bytes / self.seconds / 1e9
+
+
+def matvec_bandwidth(dev: Device, type_name: str, n_rows: int = 4096, k: int = 4096, rounds: int = 3) -> KernelResult:
+    """Decode matvec of an n_rows × k weight: seconds per product, best of `rounds`."""
+    data = random_weight_bytes(type_name, n_rows, k)
+    w = upload_bytes(dev, "bench", BY_NAME[type_name], (k, n_rows), data)
+    x, y = dev.create_buffer(4 * k, "x"), dev.create_buffer(4 * n_rows, "y")
+    dev.write(x, np.random.default_rng(1).standard_normal(k).astype(np.float32).tobytes())
+    ds = matvec(dev, w, x, y)
+    reps = max(3, min(200, int(1.5e9 / 3e9 * 3e9 / max(len(data), 1) / 4)))
+    best = min(_time(dev, ds, y, reps) for _ in range(rounds))
+    for p in w.parts:
+        dev.destroy(p.buffer)
+    return KernelResult(type_name, len(data), best)
+
+
+def bench_kernels(dev: Device, n_rows: int = 4096, k: int = 4096, types=COMPUTE_TYPES) -> dict:
+    copy_before = copy_bandwidth(dev)
+    results = [matvec_bandwidth(dev, t, n_rows, k) for t in types]
+    copy_after = copy_bandwidth(dev)
+    return {"copy_gbps": max(copy_before, copy_after) / 1e9, "results": results, "shape": (n_rows, k)}
+
+
+def format_kernel_table(dev: Device, report: dict) -> str:
+    i = dev.info
+    n_rows, k = report["shape"]
+    copy = report["copy_gbps"]
+    lines = [
+        f"adapter: {i.name} ({i.backend}, {i.adapter_type}); subgroups: {i.subgroups}",
+        f"decode matvec, {n_rows}x{k} weight, one f32 vector; copy bandwidth {copy:.2f} GB/s (read + write)",
+        "",
+        "| type | weight MiB | us / matvec | GB/s (weights) | ÷ copy GB/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r.type} | {r.weight_bytes / 2**20:.1f} | {r.seconds * 1e6:.0f} | {r.gbps:.2f} | {r.gbps / copy:.2f} |"
+        )
+    return "\n".join(lines)
