@@ -149,8 +149,10 @@ class HTTPSource:
                 length = resp.headers.get("Content-Length")
                 if length is not None and length.isdigit():
                     return int(length)
-        except SourceError:
-            pass  # some servers (signed CDN URLs) refuse HEAD; the range probe below still works
+        except SourceError as e:
+            if not isinstance(e.__cause__, urllib.error.HTTPError):
+                raise  # unreachable: a second try would only wait out another timeout
+            # some servers (signed CDN URLs) refuse HEAD; the range probe below still works
         with self._request("GET", {"Range": "bytes=0-0"}) as resp:
             return self._expect_partial(resp, 0)
 

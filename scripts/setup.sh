@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian/Ubuntu machine for realm_web: a Vulkan driver for WebGPU (Mesa's lavapipe, a CPU
+# implementation, is installed alongside whatever GPU driver exists), and a virtual environment in .venv with
+# realm_web and its test tools. Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need=()
+if command -v dpkg >/dev/null 2>&1; then
+  for pkg in libvulkan1 mesa-vulkan-drivers python3-venv; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  # pyenv/uv Pythons bring their own venv module; Debian's python3 needs python3-venv
+  if python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    need=("${need[@]/python3-venv}")
+  fi
+  need=($(printf '%s\n' "${need[@]}" | grep -v '^$' || true))
+  if [ "${#need[@]}" -gt 0 ]; then
+    echo "setup: installing ${need[*]} (apt)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+else
+  echo "setup: not a Debian/Ubuntu system; install a Vulkan driver (e.g. Mesa lavapipe) yourself" >&2
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[dev]"
+echo "setup: done ($(.venv/bin/python --version), realm_web in .venv)"
