@@ -79,7 +79,10 @@ def test_bad_messages():
 
 
 def test_hub_style_helpers():
-    src = "{{ messages | tojson }}{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.role }}{% endfor %}"
+    src = (
+        "{{ messages | tojson }}"
+        "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.role }}{% endfor %}"
+    )
     got = ChatTemplate(src).render([{"role": "user", "content": "é"}, {"role": "x", "content": ""}])
     assert got == '[{"role": "user", "content": "é"}, {"role": "x", "content": ""}]user'
 
