@@ -32,4 +32,18 @@ def variants() -> list[Variant]:
         out.append(Variant(f"matmul_{q}", "matmul.wgsl.j2", common))
         out.append(Variant(f"get_rows_{q}", "get_rows.wgsl.j2", common))
     out.append(Variant("copy", "copy.wgsl.j2"))
+    for sg in (False, True):
+        suffix = "_sg" if sg else ""
+        out.append(Variant(f"rms_norm{suffix}", "rms_norm.wgsl.j2", {"subgroups": sg}))
+        out.append(Variant(f"softmax{suffix}", "softmax.wgsl.j2", {"subgroups": sg}))
+    out.append(Variant("rope_norm", "rope.wgsl.j2", {"neox": False}))
+    out.append(Variant("rope_neox", "rope.wgsl.j2", {"neox": True}))
+    out.append(Variant("kv_write", "kv_write.wgsl.j2"))
+    for d in HEAD_DIMS:
+        out.append(Variant(f"flash_attn_hd{d}_causal", "flash_attn.wgsl.j2", {"head_dim": d}))
+    out.append(Variant("swiglu", "swiglu.wgsl.j2"))
+    for bcast in (False, True):
+        for inplace in (False, True):
+            name = "add" + ("_bcast" if bcast else "") + ("_inplace" if inplace else "")
+            out.append(Variant(name, "add.wgsl.j2", {"broadcast": bcast, "inplace": inplace}))
     return out

@@ -1,0 +1,97 @@
+"""Attention over a per-layer KV cache shared by several sequences (continuous batching).
+
+Host side of shaders/kv_write.wgsl.j2 and flash_attn.wgsl.j2. Token metadata is one u32 buffer `tok` with
+tok[2t] = position of token t in its sequence and tok[2t+1] = its sequence slot. Each layer's cache is two
+f32 buffers K and V laid out [n_seq][n_ctx][n_head_kv][head_dim]. A step first writes its keys and values
+(`kv_write`), then attends (`flash_attn`), so a token sees itself and everything before it in its sequence.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from realm_web.device import Buffer, Device, Dispatch
+from realm_web.kernels import build, fold, pow2_at_most, u32s, wgsl
+
+
+def kv_write_params(
+    kv_dim: int, n_ctx: int, k_stride: int, v_stride: int, k_offset: int, v_offset: int, groups_x: int
+) -> bytes:
+    """Params of kv_write.wgsl.j2."""
+    return u32s(kv_dim, n_ctx, k_stride, v_stride, k_offset, v_offset, groups_x, 0)
+
+
+def kv_write(
+    dev: Device,
+    k: Buffer,
+    v: Buffer,
+    tok: Buffer,
+    k_cache: Buffer,
+    v_cache: Buffer,
+    n_tok: int,
+    n_head_kv: int,
+    head_dim: int,
+    n_ctx: int,
+    *,
+    k_stride: int | None = None,
+    v_stride: int | None = None,
+    k_offset: int = 0,
+    v_offset: int = 0,
+) -> Dispatch:
+    """cache[tok[2t+1], tok[2t], :] = row t of k (and v) for t < n_tok; rows are n_head_kv * head_dim f32.
+
+    k and v may be one buffer (a fused QKV output) told apart by offsets and strides, in f32 elements.
+    """
+    kv_dim = n_head_kv * head_dim
+    k_stride = kv_dim if k_stride is None else k_stride
+    v_stride = kv_dim if v_stride is None else v_stride
+    wg = pow2_at_most(64, dev.info.max_invocations)
+    gx, gy = fold(-(-kv_dim // wg), dev.info.max_workgroups_per_dim)
+    params = kv_write_params(kv_dim, n_ctx, k_stride, v_stride, k_offset, v_offset, gx)
+    return build(dev, "kv_write", params, [tok, k, v, k_cache, v_cache], (gx, gy, n_tok), {"WG": wg})
+
+
+def flash_attn_params(
+    n_tok: int, n_head: int, n_head_kv: int, n_ctx: int, q_stride: int, out_stride: int, groups_x: int, scale: float
+) -> bytes:
+    """Params of flash_attn.wgsl.j2."""
+    return struct.pack("<7If", n_tok, n_head, n_head_kv, n_ctx, q_stride, out_stride, groups_x, scale)
+
+
+def flash_attn(
+    dev: Device,
+    q: Buffer,
+    k_cache: Buffer,
+    v_cache: Buffer,
+    tok: Buffer,
+    out: Buffer,
+    n_tok: int,
+    n_head: int,
+    n_head_kv: int,
+    head_dim: int,
+    n_ctx: int,
+    scale: float,
+    *,
+    q_stride: int | None = None,
+    out_stride: int | None = None,
+) -> Dispatch:
+    """out[t, h, :] = softmax_j(scale · q[t, h] · K[s, j, h // g]) · V[s, j, h // g] over j <= pos.
+
+    s = tok[2t+1], pos = tok[2t], g = n_head // n_head_kv; q and out are [n_tok, n_head, head_dim] f32
+    (q_stride, a multiple of 4, and out_stride in f32 elements between tokens).
+    """
+    name = f"flash_attn_hd{head_dim}_causal"
+    try:
+        wgsl(name)
+    except FileNotFoundError:
+        raise ValueError(f"no flash_attn kernel for head_dim {head_dim} (codegen/variants.py HEAD_DIMS)") from None
+    if n_head % n_head_kv:
+        raise ValueError(f"n_head={n_head} is not a multiple of n_head_kv={n_head_kv}")
+    q_stride = n_head * head_dim if q_stride is None else q_stride
+    out_stride = n_head * head_dim if out_stride is None else out_stride
+    if q_stride % 4:
+        raise ValueError(f"q_stride={q_stride} must be a multiple of 4 (q is read as vec4)")
+    wg = pow2_at_most(64, dev.info.max_invocations)
+    gx, gy = fold(n_tok * n_head, dev.info.max_workgroups_per_dim)
+    params = flash_attn_params(n_tok, n_head, n_head_kv, n_ctx, q_stride, out_stride, gx, scale)
+    return build(dev, name, params, [q, k_cache, v_cache, tok, out], (gx, gy, 1), {"WG": wg})
