@@ -6,15 +6,8 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
-from realm_web.quants import BY_NAME
+from realm_web.quants import BY_NAME, SCALE_FIELDS
 from realm_web.weights import Weight, upload_bytes
-
-# Byte offsets of the f16 scale fields (d, dmin, m) in each block (ggml-common.h). Random bytes elsewhere
-# make valid blocks; the scales are replaced by small finite halves so values stay finite.
-SCALE_OFFSETS = {
-    "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
-    "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
-}  # fmt: skip
 
 
 def upload_array(dev, a: np.ndarray) -> object:
@@ -33,7 +26,8 @@ def random_tensor(type_name: str, n_rows: int, k: int, rng: np.random.Generator)
         a = rng.standard_normal((n_rows, k)).astype(np.float32)
         return a.tobytes(), a.astype(np.float64)
     if type_name == "F16":
-        a = rng.standard_normal((n_rows, k)).astype(np.float16)
+        with np.errstate(under="ignore"):  # values below the f16 range round to (sub)normal halves
+            a = rng.standard_normal((n_rows, k)).astype(np.float32).astype(np.float16)
         return a.tobytes(), a.astype(np.float64)
     if type_name == "BF16":
         bits = (rng.standard_normal((n_rows, k)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
@@ -42,7 +36,7 @@ def random_tensor(type_name: str, n_rows: int, k: int, rng: np.random.Generator)
     t = BY_NAME[type_name]
     nb = k // t.block_elems
     raw = rng.integers(0, 256, size=(n_rows * nb, t.block_bytes), dtype=np.uint8)
-    for off in SCALE_OFFSETS[type_name]:
+    for off in SCALE_FIELDS[type_name]:
         scales = rng.uniform(0.002, 0.05, size=n_rows * nb).astype(np.float16)
         raw[:, off : off + 2] = scales.view(np.uint8).reshape(-1, 2)
     raw = raw.reshape(n_rows, nb * t.block_bytes)

@@ -96,7 +96,8 @@ class NativeDevice:
 
     # -- buffers -------------------------------------------------------------------------------------------
     def create_buffer(self, size: int, label: str = "", *, uniform: bool = False) -> NativeBuffer:
-        size = max(4, (size + 3) & ~3)  # WebGPU sizes of copies and writes are multiples of 4
+        # WebGPU copies and writes are multiples of 4 bytes; 16 covers the smallest vec4<f32> binding
+        size = max(16, (size + 3) & ~3)
         if size > self.info.max_buffer:
             raise DeviceError(f"buffer {label!r} of {size} bytes exceeds the device limit {self.info.max_buffer}")
         u = wgpu.BufferUsage

@@ -54,15 +54,22 @@ fn u8x4(v: u32) -> vec4<f32> {
     return vec4<f32>(vec4<u32>(v & 0xffu, (v >> 8u) & 0xffu, (v >> 16u) & 0xffu, v >> 24u));
 }
 
-// 4 little-endian u32s (16 bytes) at an even byte offset, from 4 aligned loads (5 when only 2-aligned)
-fn w_u32x4(b: u32) -> vec4<u32> {
+// the u32s that start 2 bytes into the little-endian word pairs (lo, hi)
+fn mid32x4(lo: vec4<u32>, hi: vec4<u32>) -> vec4<u32> {
+    return (lo >> vec4<u32>(16u)) | (hi << vec4<u32>(16u));
+}
+
+// 8 little-endian u32s (32 bytes) at an even byte offset, from 8 aligned loads (9 when only 2-aligned).
+// Branch-free: on lavapipe a divergent branch runs both sides, and every load is a per-lane gather.
+fn w_u32x8(b: u32) -> array<vec4<u32>, 2> {
     let a = b >> 2u;
-    let sh = (b & 2u) * 8u;  // 0 or 16
-    let lo = vec4<u32>(w[a], w[a + 1u], w[a + 2u], w[a + 3u]);
-    // the 5th word only when it is needed, so an aligned read never touches the word past its 16 bytes
-    let hi = vec4<u32>(lo.yzw, w[a + 3u + (sh >> 4u)]);
-    // (hi << 1) << (31 - sh) is hi << (32 - sh) without a shift by 32 (WGSL shifts are modulo 32)
-    return (lo >> vec4<u32>(sh)) | ((hi << vec4<u32>(1u)) << vec4<u32>(31u - sh));
+    let odd = (b & 2u) != 0u;
+    let lo0 = vec4<u32>(w[a], w[a + 1u], w[a + 2u], w[a + 3u]);
+    let lo1 = vec4<u32>(w[a + 4u], w[a + 5u], w[a + 6u], w[a + 7u]);
+    // the 9th word only when needed, so an aligned read never touches the word past its 32 bytes
+    let hi1 = vec4<u32>(lo1.yzw, w[a + 7u + u32(odd)]);
+    return array<vec4<u32>, 2>(select(lo0, mid32x4(lo0, vec4<u32>(lo0.yzw, lo1.x)), odd),
+                               select(lo1, mid32x4(lo1, hi1), odd));
 }
 
 // bits 0..3 of `n` as bit 0 of bytes 0..3: the multiply puts copies of n at bits 0, 7, 14, 21 (no
@@ -79,6 +86,19 @@ fn set4(v: ptr<function, array<f32, 32>>, i: u32, q: vec4<f32>) {
     (*v)[i + 3u] = q.w;
 }
 
+// Q4_K/Q5_K get_scale_min_k4 (ggml-quants.c): 6-bit (scale, min) number j < 8 of the 12 packed scale bytes,
+// given as their 3 words. j < 4: low 6 bits of bytes j and j + 4; j >= 4: the nibbles of byte j + 4 with
+// the top 2 bits of bytes j - 4 and j as bits 4..5.
+fn scale_min_k4(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<f32> {
+    let sh = (j & 3u) * 8u;
+    let b0 = (s0 >> sh) & 0xffu;  // byte j % 4
+    let b1 = (s1 >> sh) & 0xffu;  // byte j % 4 + 4
+    let b2 = (s2 >> sh) & 0xffu;  // byte j % 4 + 8
+    let lo = vec2<u32>(b0 & 63u, b1 & 63u);
+    let hi = vec2<u32>((b2 & 0xfu) | ((b0 >> 6u) << 4u), (b2 >> 4u) | ((b1 >> 6u) << 4u));
+    return vec2<f32>(select(lo, hi, j >= 4u));
+}
+
 // Q8_0 (ggml-common.h block_q8_0): { f16 d; int8 qs[32]; } = 34 bytes; x = d * q.
 const UNIT: u32 = 32u;
 const BLOCK_BYTES: u32 = 34u;
@@ -87,12 +107,9 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
     var v: array<f32, 32>;
     let b = row_base + u * BLOCK_BYTES;
     let d = w_f16(b);
+    let qs = w_u32x8(b + 2u);  // the 32 quants as 8 words, whatever the block's 2-byte alignment
     for (var i = 0u; i < 8u; i++) {
-        let q = i8x4(w_u32(b + 2u + 4u * i)) * d;
-        v[4u * i] = q.x;
-        v[4u * i + 1u] = q.y;
-        v[4u * i + 2u] = q.z;
-        v[4u * i + 3u] = q.w;
+        set4(&v, 4u * i, i8x4(qs[i >> 2u][i & 3u]) * d);
     }
     return v;
 }
