@@ -51,6 +51,9 @@ def test_matvec(dev, dev_plain, rng, type_name, split, subgroups):
         xb, yb = upload_array(dev, xp), dev.create_buffer(4 * n_vec * n_rows, "y")
         dev.submit(matvec(dev, w, xb, yb, n_vec=n_vec))
         check(read_f32(dev, yb, n_vec * n_rows), ref, x.astype(np.float64))
+        # the second vector alone, addressed by its offset (how the last prompt row's logits are taken)
+        dev.submit(matvec(dev, w, xb, yb, x_offset=xp.shape[1]))
+        check(read_f32(dev, yb, n_rows), ref, x[1:].astype(np.float64))
 
 
 @pytest.mark.parametrize("type_name", COMPUTE_TYPES)

@@ -41,6 +41,7 @@ def build(
     constants: dict[str, int | float] | None = None,
 ) -> Dispatch:
     """A dispatch of variant `name` with its own uniform buffer holding `params` at binding 0."""
+    params += bytes(-len(params) % 16)  # uniform structs are read in 16-byte rows
     ubuf = dev.create_buffer(len(params), f"{name}.params", uniform=True)
     dev.write(ubuf, params)
     return dev.dispatch(name, wgsl(name), constants or {}, [ubuf, *buffers], groups)

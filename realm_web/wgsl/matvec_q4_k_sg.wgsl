@@ -10,6 +10,7 @@ struct Params {
     y_stride: u32,   // f32 elements between consecutive output vectors
     y_offset: u32,   // output element written by this part's row 0
     groups_x: u32,   // workgroups along grid x
+    x_offset: u32,   // f32 element where input vector 0 starts (a multiple of 4)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -142,7 +143,7 @@ fn workgroup_sum(v: f32, t: u32, sg_size: u32, sg_id: u32) -> f32 {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32,
         @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) sg_id: u32) {
     let row = wid.x + wid.y * p.groups_x;  // uniform across the workgroup
-    let xb = wid.z * (p.x_stride / 4u);
+    let xb = (p.x_offset + wid.z * p.x_stride) / 4u;
     var acc = 0.0;
     if (row < p.n_rows) {
         let base = row * p.row_bytes;

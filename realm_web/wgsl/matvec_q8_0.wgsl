@@ -8,6 +8,7 @@ struct Params {
     y_stride: u32,   // f32 elements between consecutive output vectors
     y_offset: u32,   // output element written by this part's row 0
     groups_x: u32,   // workgroups along grid x
+    x_offset: u32,   // f32 element where input vector 0 starts (a multiple of 4)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -131,7 +132,7 @@ fn workgroup_sum(v: f32, t: u32) -> f32 {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let row = wid.x + wid.y * p.groups_x;  // uniform across the workgroup
-    let xb = wid.z * (p.x_stride / 4u);
+    let xb = (p.x_offset + wid.z * p.x_stride) / 4u;
     var acc = 0.0;
     if (row < p.n_rows) {
         let base = row * p.row_bytes;
