@@ -32,6 +32,7 @@ def variants() -> list[Variant]:
         out.append(Variant(f"matmul_{q}", "matmul.wgsl.j2", common))
         out.append(Variant(f"get_rows_{q}", "get_rows.wgsl.j2", common))
     out.append(Variant("copy", "copy.wgsl.j2"))
+    out.append(Variant("sample", "sample.wgsl.j2"))
     for sg in (False, True):
         suffix = "_sg" if sg else ""
         out.append(Variant(f"rms_norm{suffix}", "rms_norm.wgsl.j2", {"subgroups": sg}))
