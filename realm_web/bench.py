@@ -106,3 +106,29 @@ def format_kernel_table(dev: Device, report: dict) -> str:
             f"| {r.type} | {r.weight_bytes / 2**20:.1f} | {r.seconds * 1e6:.0f} | {r.gbps:.2f} | {r.gbps / copy:.2f} |"
         )
     return "\n".join(lines)
+
+
+def bench_model(model, n_prompt: int = 64, n_gen: int = 64, load_s: float = 0.0) -> dict:
+    """Prefill and decode tokens/s of a loaded model (greedy; EOS ignored by running the loop directly)."""
+    from realm_web.sampling import SamplingParams
+
+    n_prompt = min(n_prompt, model.n_ctx - n_gen - 1)
+    prompt = [model.tokenizer.bos_id or 0] + [(7 * i + 11) % model.config.n_vocab for i in range(n_prompt - 1)]
+    model.sampler.reset(SamplingParams(temperature=0))
+    model._prefill(prompt[:8])  # warm-up: pipelines and the steps' dispatches are built here
+    model._decode_one(8)
+    t0 = time.perf_counter()
+    model._prefill(prompt)
+    t1 = time.perf_counter()
+    for pos in range(len(prompt), len(prompt) + n_gen):
+        model._decode_one(pos)
+    t2 = time.perf_counter()
+    return {
+        "model": model.gguf.metadata.get("general.name") or "?",
+        "adapter": model.device.info.name,
+        "load_s": load_s,
+        "n_prompt": len(prompt),
+        "prefill_tok_s": len(prompt) / (t1 - t0),
+        "n_gen": n_gen,
+        "decode_tok_s": n_gen / (t2 - t1),
+    }

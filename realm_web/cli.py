@@ -1,53 +1,206 @@
-"""The `realm-web` command."""
+"""The `realm-web` command: run, chat, bench, models. With no --model, every command uses the bundled model."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+from importlib import resources
+from pathlib import Path
 
 from realm_web.errors import RealmError
 
+BUNDLED = "realm-tiny-facts.gguf"
 
-def _bench(args: argparse.Namespace) -> int:
-    from realm_web.bench import bench_kernels, format_kernel_table
-    from realm_web.device import get_device
 
-    dev = get_device()
-    if not args.kernels:
-        print("realm-web bench: give --kernels (model benchmarks come with model loading)", file=sys.stderr)
-        return 2
-    types = args.types.upper().split(",") if args.types else None
-    report = bench_kernels(dev, args.rows, args.cols, **({"types": types} if types else {}))
-    if args.json:
-        out = {
-            "adapter": dev.info.name,
-            "copy_gbps": report["copy_gbps"],
-            "matvec": [{"type": r.type, "bytes": r.weight_bytes, "seconds": r.seconds, "gbps": r.gbps}
-                       for r in report["results"]],
-        }  # fmt: skip
-        print(json.dumps(out, indent=2))
-    else:
-        print(format_kernel_table(dev, report))
+def bundled_model() -> str:
+    """Path of the small model shipped inside the package."""
+    return str(resources.files("realm_web") / "models" / BUNDLED)
+
+
+class ProgressBar:
+    """A load progress bar on stderr (only when stderr is a terminal, or always with force=True)."""
+
+    def __init__(self, label: str, force: bool = False):
+        self.label, self.enabled, self.t0 = label, force or sys.stderr.isatty(), time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {done / 2**20:7.1f}/{total / 2**20:.1f} MiB")
+        if done >= total:
+            sys.stderr.write(f" {time.perf_counter() - self.t0:.1f}s\n")
+        sys.stderr.flush()
+
+
+def _load(args: argparse.Namespace):
+    import realm_web
+
+    path = args.model or bundled_model()
+    opts = {"n_ctx": args.ctx} if getattr(args, "ctx", None) else {}
+    if getattr(args, "chat_template", None):
+        opts["chat_template"] = args.chat_template
+    return realm_web.load(path, progress=ProgressBar(f"loading {os.path.basename(path)}"), **opts)
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return {"max_tokens": args.n, "temperature": args.temp, "top_k": args.top_k, "top_p": args.top_p,
+            "min_p": args.min_p, "repeat_penalty": args.repeat_penalty, "repeat_last_n": args.repeat_last_n,
+            "seed": args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"),
+            "stop": args.stop or ()}  # fmt: skip
+
+
+def _run(args: argparse.Namespace) -> int:
+    model = _load(args)
+    if args.chat:
+        return _chat_loop(model, args)
+    prompt = args.prompt if args.prompt is not None else "The capital of France is"
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    for piece in model.generate(prompt, **_sampling(args)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
     return 0
 
 
+def _chat_loop(model, args: argparse.Namespace) -> int:
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    if args.prompt:
+        messages.append({"role": "user", "content": args.prompt})
+    interactive = sys.stdin.isatty()
+    while True:
+        if not messages or messages[-1]["role"] != "user":
+            if interactive:
+                sys.stderr.write("> ")
+                sys.stderr.flush()
+            line = sys.stdin.readline()
+            if not line:
+                return 0
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line.rstrip("\n")})
+        reply = []
+        for piece in model.chat(messages, **_sampling(args)):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(reply)})
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from realm_web.device import get_device
+
+    if args.kernels:
+        from realm_web.bench import bench_kernels, format_kernel_table
+
+        dev = get_device()
+        types = args.types.upper().split(",") if args.types else None
+        report = bench_kernels(dev, args.rows, args.cols, **({"types": types} if types else {}))
+        if args.json:
+            out = {
+                "adapter": dev.info.name,
+                "copy_gbps": report["copy_gbps"],
+                "matvec": [{"type": r.type, "bytes": r.weight_bytes, "seconds": r.seconds, "gbps": r.gbps}
+                           for r in report["results"]],
+            }  # fmt: skip
+            print(json.dumps(out, indent=2))
+        else:
+            print(format_kernel_table(dev, report))
+        return 0
+    from realm_web.bench import bench_model
+
+    t0 = time.perf_counter()
+    model = _load(args)
+    load_s = time.perf_counter() - t0
+    r = bench_model(model, n_prompt=args.prompt_tokens, n_gen=args.gen_tokens, load_s=load_s)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"model {r['model']} on {r['adapter']}")
+        print(f"load      {r['load_s']:.2f} s")
+        print(f"prefill   {r['prefill_tok_s']:.1f} tok/s ({r['n_prompt']} tokens)")
+        print(f"decode    {r['decode_tok_s']:.1f} tok/s ({r['n_gen']} tokens)")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from realm_web.inventory import describe, find_models
+
+    dirs = args.dirs or [str(Path(bundled_model()).parent), "."]
+    rows = [describe(p) for p in find_models(dirs)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no .gguf files found under " + ", ".join(dirs))
+        return 0
+    print(f"{'file':<40} {'arch':<8} {'params':>8} {'size':>9} {'ctx':>6}  quant mix")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['path']:<40} unreadable: {r['error']}")
+            continue
+        mix = ", ".join(f"{t}×{n}" for t, n in r["quant_mix"].items())
+        print(f"{r['path']:<40} {r['arch']:<8} {r['params'] / 1e6:7.1f}M {r['size'] / 2**20:7.1f}Mi "
+              f"{r['context_length'] or '?':>6}  {mix}")  # fmt: skip
+    return 0
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", type=int, default=128, help="max new tokens (default 128)")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("--seed", type=int, help="RNG seed (default: random)")
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="realm-web", description="LLM inference on WebGPU")
+    ap = argparse.ArgumentParser(prog="realm-web", description="GGUF language models on WebGPU")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("bench", help="benchmarks")
+
+    r = sub.add_parser("run", help="stream a continuation of a prompt, or --chat")
+    r.add_argument("prompt", nargs="?", help='prompt text (default: "The capital of France is")')
+    r.add_argument("-m", "--model", help="GGUF path or URL (default: the bundled model)")
+    r.add_argument("--chat", action="store_true", help="chat: reads user turns from stdin")
+    r.add_argument("--system", help="system message for --chat")
+    r.add_argument("--chat-template", help="built-in template name (chatml, llama2, llama3, alpaca) or Jinja text")
+    r.add_argument("--ctx", type=int, help="context length (default: the model's, at most 4096)")
+    _sampling_flags(r)
+    r.set_defaults(func=_run)
+
+    b = sub.add_parser("bench", help="model speed (load, prefill, decode) or --kernels")
+    b.add_argument("-m", "--model", help="GGUF path or URL (default: the bundled model)")
+    b.add_argument("--prompt-tokens", type=int, default=64)
+    b.add_argument("--gen-tokens", type=int, default=64)
     b.add_argument("--kernels", action="store_true", help="decode matvec GB/s per quant type vs copy bandwidth")
-    b.add_argument("--rows", type=int, default=4096, help="weight rows (default 4096)")
-    b.add_argument("--cols", type=int, default=4096, help="weight columns (default 4096)")
-    b.add_argument("--types", help="comma-separated quant types (default: all)")
+    b.add_argument("--rows", type=int, default=4096, help="--kernels: weight rows (default 4096)")
+    b.add_argument("--cols", type=int, default=4096, help="--kernels: weight columns (default 4096)")
+    b.add_argument("--types", help="--kernels: comma-separated quant types (default: all)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(func=_bench)
+
+    m = sub.add_parser("models", help="list GGUF files under folders")
+    m.add_argument("dirs", nargs="*", help="folders to search (default: the bundled models and .)")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_models)
+
     args = ap.parse_args(argv)
     try:
         return args.func(args)
     except RealmError as e:
         print(f"realm-web: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import struct
 from dataclasses import dataclass
 
 from realm_web.device import Buffer, Device
+from realm_web.errors import RealmError
 from realm_web.kernels import wgsl
 
 MAX_WINDOW = 1024  # longest repetition-penalty window (tokens)
@@ -25,9 +26,9 @@ class SamplingParams:
 
     def __post_init__(self):
         if not 0 <= self.repeat_last_n <= MAX_WINDOW:
-            raise ValueError(f"repeat_last_n must be within 0..{MAX_WINDOW}")
-        if self.top_k < 0 or not 0 <= self.min_p <= 1 or not 0 < self.top_p or self.repeat_penalty <= 0:
-            raise ValueError(f"invalid sampling settings: {self}")
+            raise RealmError(f"repeat_last_n must be within 0..{MAX_WINDOW}, got {self.repeat_last_n}")
+        if self.top_k < 0 or not 0 <= self.min_p <= 1 or self.top_p <= 0 or self.repeat_penalty <= 0:
+            raise RealmError(f"invalid sampling settings: {self}")
 
 
 def sample_params(n_vocab: int, sp: SamplingParams) -> bytes:
@@ -51,4 +52,5 @@ class Sampler:
         """New settings and seed; the penalty window starts with the last tokens of `history` (the prompt)."""
         self.dev.write(self.params, sample_params(self.n_vocab, sp))
         window = list(history)[-sp.repeat_last_n :] if sp.repeat_last_n else []
-        self.dev.write(self.state, struct.pack(f"<4I{len(window)}I", 0, len(window), len(window) % max(1, sp.repeat_last_n), 0, *window))
+        next_slot = len(window) % max(1, sp.repeat_last_n)
+        self.dev.write(self.state, struct.pack(f"<4I{len(window)}I", 0, len(window), next_slot, 0, *window))

@@ -120,17 +120,25 @@ class Transformer:
 
     # -- running ------------------------------------------------------------------------------------------------
     def run(
-        self, ids: list[int], positions: list[int], seqs: list[int], *, all_logits: bool = False, extra=()
+        self,
+        ids: list[int] | None,
+        positions: list[int],
+        seqs: list[int],
+        *,
+        all_logits: bool = False,
+        extra=(),
     ) -> None:
-        """Submit one step for len(ids) ≤ max_batch tokens (plus `extra` dispatches, e.g. sampling, in the same
-        submission). Logits land in `self.logits`: all rows, or the last token's in row 0."""
-        n = len(ids)
+        """Submit one step for len(positions) ≤ max_batch tokens (plus `extra` dispatches, e.g. sampling, in the
+        same submission). `ids=None`: the ids are already in `self.ids` (the sampler wrote them there).
+        Logits land in `self.logits`: all rows, or the last token's in row 0."""
+        n = len(positions)
         if not 0 < n <= self.max_batch:
             raise ValueError(f"a step takes 1..{self.max_batch} tokens, got {n}")
         for pos, s in zip(positions, seqs, strict=True):
             if not (0 <= pos < self.n_ctx and 0 <= s < self.n_seq):
                 raise ValueError(f"position {pos} / sequence {s} outside the context ({self.n_ctx}) or slots")
-        self.dev.write(self.ids, struct.pack(f"<{n}I", *ids))
+        if ids is not None:
+            self.dev.write(self.ids, struct.pack(f"<{n}I", *ids))
         meta = [v for pair in zip(positions, seqs, strict=True) for v in pair]
         self.dev.write(self.tok, struct.pack(f"<{2 * n}I", *meta))
         self.dev.submit(self.step(n, all_logits).dispatches + list(extra))

@@ -35,8 +35,9 @@ def matvec(
     y_col: int = 0,
     x_offset: int = 0,
 ) -> list[Dispatch]:
-    """y[v, y_col + r] = sum_k W[r, k] x[x_offset + v * x_stride + k] for v < n_vec. Strides in f32 elements; the input stride must be
-    a multiple of 4 (x is read as vec4: activation rows are allocated with widths rounded up to 4)."""
+    """y[v, y_col + r] = sum_k W[r, k] x[x_offset + v * x_stride + k] for v < n_vec. Strides and offsets in f32
+    elements; input stride and offset must be multiples of 4 (x is read as vec4: activation rows are allocated
+    with widths rounded up to 4)."""
     x_stride = _ceil4(w.row_elems) if x_stride is None else x_stride
     if x_stride % 4 or x_offset % 4:
         raise ValueError(f"matvec input stride {x_stride} and offset {x_offset} must be multiples of 4")
