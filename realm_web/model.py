@@ -196,7 +196,7 @@ class Model:
 def _stream_text(tk: Tokenizer, ids: Iterator[int], stop: list[str], usage: dict) -> Iterator[str]:
     """Text pieces of `ids`, never a broken UTF-8 sequence, cut before the first stop string. Text that could
     be the start of a stop string is held back until it cannot."""
-    dec = tk.stream_decoder()
+    dec = tk.stream_decoder(continuation=True)
     held = ""
     hold = max((len(s) for s in stop), default=0) - 1
     for i in ids:
