@@ -166,9 +166,7 @@ class Model:
         ids = prompt if not isinstance(prompt, str) else self.tokenize(prompt, add_special, parse_special)
         return _stream_text(self.tokenizer, self.generate_ids(ids, max_tokens, sp), list(stop), self.last_usage)
 
-    def chat(
-        self, messages: Sequence[Mapping[str, Any]], stream: bool = True, **options: Any
-    ) -> Iterator[str] | str:
+    def chat(self, messages: Sequence[Mapping[str, Any]], stream: bool = True, **options: Any) -> Iterator[str] | str:
         """Reply to a conversation rendered with the model's chat template. Options are generate()'s."""
         prompt = self.chat_template.render(messages, add_generation_prompt=True)
         bos = self._token_text(self.tokenizer.bos_id)
