@@ -166,3 +166,12 @@ def test_split_weights_give_identical_logits(dev):
     split = realm_web.load(path, n_ctx=128, max_binding=64 << 10)
     assert max(len(w.parts) for w in split.transformer.w.values()) > 1
     np.testing.assert_array_equal(whole.logits(ids), split.logits(ids))
+
+
+def test_chunked_prefill_equals_one_step(dev):
+    """A prompt longer than a step's batch runs in chunks that read the KV cache the earlier chunks wrote."""
+    path = str(FIX / "models" / "qwen2-Q8_0.gguf")
+    ids = [(7 * i + 3) % 500 for i in range(100)]
+    one = realm_web.load(path, n_ctx=128, max_batch=128).logits(ids)
+    chunked = realm_web.load(path, n_ctx=128, max_batch=24).logits(ids)
+    np.testing.assert_allclose(chunked, one, rtol=0, atol=1e-4 * np.abs(one).max())
