@@ -164,6 +164,7 @@ class Model:
         """Stream the continuation of `prompt` (text, or token ids) piece by piece as tokens are produced."""
         sp = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         ids = prompt if not isinstance(prompt, str) else self.tokenize(prompt, add_special, parse_special)
+        self._check_prompt(ids, max_tokens)  # bad input fails here, not at the first iteration
         return _stream_text(self.tokenizer, self.generate_ids(ids, max_tokens, sp), list(stop), self.last_usage)
 
     def chat(self, messages: Sequence[Mapping[str, Any]], stream: bool = True, **options: Any) -> Iterator[str] | str:
