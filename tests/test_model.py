@@ -175,3 +175,17 @@ def test_chunked_prefill_equals_one_step(dev):
     one = realm_web.load(path, n_ctx=128, max_batch=128).logits(ids)
     chunked = realm_web.load(path, n_ctx=128, max_batch=24).logits(ids)
     np.testing.assert_allclose(chunked, one, rtol=0, atol=1e-4 * np.abs(one).max())
+
+
+def test_load_from_url_streams_by_range(dev):
+    """A model served over HTTP (loopback) loads through Range requests, with the same logits as from the file."""
+    from test_gguf import serve
+
+    path = FIX / "models" / "llama-spm-Q5_K.gguf"
+    ids = golden(FIX / "goldens" / "llama-spm-Q5_K.json")["prompts"][0]["ids"]
+    with serve(path.read_bytes()) as (url, stats):
+        m = realm_web.load(url, n_ctx=64, chunk_bytes=64 << 10)
+        np.testing.assert_array_equal(m.logits(ids), model(str(path)).logits(ids))
+    ranges = [r for _, r in stats.requests if r]
+    assert len(ranges) > 10  # the header, then bounded chunks of tensor data
+    assert stats.body_bytes < 2 * path.stat().st_size  # each byte fetched about once, no whole-file response
