@@ -17,10 +17,9 @@ with a hand-written scanner (gpt-2, llama3, qwen2, qwen35) are ported scanner by
 through `re` on llama.cpp's "collapsed" text, where every non-ASCII code point becomes one byte naming its
 category (unicode.cpp, unicode_regex_split).
 
-Code point categories come from `unicodedata`. llama.cpp's table (unicode-data.cpp) is Unicode 15.1, which is
-Python 3.13's (Pyodide 0.29): there the two agree on every code point. Older Pythons read the code points
-added since their Unicode version as unassigned (5116 on Python 3.11), newer ones know code points llama.cpp
-reads as unassigned; only text containing such code points can tokenize differently.
+Code point categories come from `realm_web/unicode_ranges.py`, generated (scripts/make_unicode_ranges.py) from
+llama.cpp's own table (unicode-data.cpp, Unicode 15.1), never from `unicodedata`, whose Unicode version is the
+interpreter's (14.0 on Python 3.11, 16.0 on Pyodide's 3.14): token ids do not depend on the Python running.
 
 Where llama.cpp's result depends on hash or sort order (which of several end-of-turn texts becomes `eot_id`,
 the order of special tokens of equal length), the first candidate in llama.cpp's list, or the lower id, wins.
@@ -32,13 +31,14 @@ import codecs
 import heapq
 import os
 import re
-import unicodedata
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import IntEnum, IntFlag
 from typing import Any
 
 from realm_web.errors import RealmError
 from realm_web.gguf import GGUFFile, open_gguf
+from realm_web.unicode_ranges import RANGE_FLAGS, RANGE_STARTS
 
 __all__ = [
     "SUPPORTED_PRE",
@@ -101,25 +101,21 @@ _UNDEF, _NUMBER, _LETTER, _SEPARATOR, _MARK, _PUNCT, _SYMBOL, _CONTROL = 1, 2, 4
 _WS = 0x100  # regex \s
 _CATEGORY_MASK = 0xFF
 
-# scripts/gen-unicode-data.py: UNICODE_CATEGORY_TO_FLAG
-_CATEGORY_FLAGS = {
-    "Cn": _UNDEF, "Cc": _CONTROL, "Cf": _CONTROL, "Co": _CONTROL, "Cs": _CONTROL,
-    "Ll": _LETTER, "Lm": _LETTER, "Lo": _LETTER, "Lt": _LETTER, "Lu": _LETTER,
-    "Mc": _MARK, "Me": _MARK, "Mn": _MARK,
-    "Nd": _NUMBER, "Nl": _NUMBER, "No": _NUMBER,
-    "Pc": _PUNCT, "Pd": _PUNCT, "Pe": _PUNCT, "Pf": _PUNCT, "Pi": _PUNCT, "Po": _PUNCT, "Ps": _PUNCT,
-    "Sc": _SYMBOL, "Sk": _SYMBOL, "Sm": _SYMBOL, "So": _SYMBOL,
-    "Zl": _SEPARATOR, "Zp": _SEPARATOR, "Zs": _SEPARATOR,
-}  # fmt: skip
-# unicode-data.cpp unicode_set_whitespace (the White_Space property; \x1c-\x1f are not in it, unlike str.isspace)
-_WHITESPACE = frozenset(
-    chr(c) for c in (0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
-                     0x2028, 0x2029, 0x202F, 0x205F, 0x3000)
-)  # fmt: skip
+
+# Per 256-code-point block: the span of RANGE_STARTS indices to bisect, and the block's flags where one range
+# covers all of it (most blocks), else -1.
+_BLOCK_LO = [bisect_right(RANGE_STARTS, b << 8) - 1 for b in range(0x1100)]
+_BLOCK_HI = [bisect_right(RANGE_STARTS, b << 8 | 0xFF) for b in range(0x1100)]
+_BLOCK_FLAGS = [RANGE_FLAGS[lo] if hi - lo == 1 else -1 for lo, hi in zip(_BLOCK_LO, _BLOCK_HI, strict=True)]
 
 
 def _classify(ch: str) -> int:
-    return _CATEGORY_FLAGS[unicodedata.category(ch)] | (_WS if ch in _WHITESPACE else 0)
+    """unicode_cpt_flags_from_cpt: the category flag, plus _WS for White_Space (llama.cpp's tables)."""
+    c = ord(ch)
+    f = _BLOCK_FLAGS[c >> 8]
+    if f < 0:
+        f = RANGE_FLAGS[bisect_right(RANGE_STARTS, c, _BLOCK_LO[c >> 8], _BLOCK_HI[c >> 8]) - 1]
+    return f
 
 
 # Filled for Latin-1 at import, then lazily: a prompt only ever meets a few hundred distinct code points.

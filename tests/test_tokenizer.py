@@ -403,6 +403,41 @@ def test_tokenizer_imports_only_stdlib_and_realm_web():
     assert "realm_web.gguf" in seen
 
 
+def test_code_point_classes_do_not_depend_on_the_interpreter():
+    """Categories come from llama.cpp's Unicode 15.1 table (realm_web/unicode_ranges.py), never from
+    `unicodedata`, whose version is the interpreter's (3.11: 14.0, 3.13: 15.1, Pyodide 3.14: 16.0)."""
+    from realm_web import unicode_ranges
+    from realm_web.tokenizer import _LETTER, _SEPARATOR, _UNDEF, _WS, _classify
+
+    assert unicode_ranges.UNICODE_VERSION == "15.1.0"  # llama.cpp's unicode-data.cpp
+    for path in (ROOT / "realm_web" / "tokenizer.py", ROOT / "realm_web" / "unicode_ranges.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] != "unicodedata" for a in node.names), path
+            elif isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] != "unicodedata", path
+    starts = unicode_ranges.RANGE_STARTS
+    assert starts[0] == 0 and list(starts) == sorted(set(starts)) and starts[-1] < 0x110000
+    assert len(unicode_ranges.RANGE_FLAGS) == len(starts)
+    # new in 15.0 (unassigned on 3.11), new in 15.1, new in 16.0 (assigned on 3.14), beyond the last plane
+    assert _classify("\U00031350") == _classify("\U00011f04") == _classify("\U0002ebf0") == _LETTER
+    assert _classify("\u1c89") == _classify("\U0010ffff") == _UNDEF
+    assert all(_classify(c) & _WS for c in "\t\x85\xa0\u3000\u2028") and _classify("\u3000") == _SEPARATOR | _WS
+    assert not _classify("\x1c") & _WS  # \x1c-\x1f are str.isspace() but not White_Space
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "ids"),
+    [
+        # ids from llama.cpp (Unicode 15.1); Python 3.11's unicodedata reads both code points as unassigned
+        ("llama-bpe", "\U00031350'a", [172, 109, 235, 238, 26248]),
+        ("qwen2", "a\U00011f04.a", [64, 128240, 120, 226, 5849]),
+    ],
+)
+def test_code_points_newer_than_the_interpreter(name, text, ids):
+    assert tokenizer(name).tokenize(text, add_special=False) == ids
+
+
 @pytest.mark.parametrize("name", ["llama-spm", "gpt-2", "llama-bpe", "qwen2"])
 def test_long_prompts_are_fast(name):
     """A few thousand tokens of text, and the shapes that make naive merging quadratic, in well under a second
