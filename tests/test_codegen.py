@@ -30,5 +30,7 @@ def test_adapter_is_the_expected_one(dev):
 @pytest.mark.parametrize("name", [v.name for v in variants()])
 def test_variant_compiles(dev, name):
     if name.endswith("_sg") and not dev.info.subgroups:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("CI's adapter (lavapipe) must have subgroups to compile every variant")
         pytest.skip("adapter without subgroups")
     dev._pipeline(name, wgsl(name), {})
