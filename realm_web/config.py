@@ -55,6 +55,8 @@ class Config:
         n_embd, n_head = int(get("embedding_length")), int(get("attention.head_count"))
         head_dim = int(get("attention.key_length", n_embd // n_head))
         names = {t.name for t in gf.tensors}
+        if "rope_freqs.weight" in names:  # Llama 3.1's per-frequency RoPE factors: ignoring them is wrong
+            raise GGUFError("per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 scaling) are not supported yet")
         emb = gf.tensor("token_embd.weight")
         n_vocab = emb.shape[1] if len(emb.shape) > 1 else 0
         freq_scale = 1.0

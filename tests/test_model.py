@@ -189,3 +189,25 @@ def test_load_from_url_streams_by_range(dev):
     ranges = [r for _, r in stats.requests if r]
     assert len(ranges) > 10  # the header, then bounded chunks of tensor data
     assert stats.body_bytes < 2 * path.stat().st_size  # each byte fetched about once, no whole-file response
+
+
+def test_unsupported_rope_scaling_is_refused(tmp_path):
+    """Llama 3.1 files carry per-frequency RoPE factors; running without them would give wrong logits."""
+    import gguf
+
+    from realm_web.errors import GGUFError
+
+    src = gguf.GGUFReader(FIX / "models" / "llama-spm-F32.gguf")
+    w = gguf.GGUFWriter(tmp_path / "m.gguf", arch="llama")
+    for f in src.fields.values():
+        if f.name.startswith(("llama.", "tokenizer.ggml.model", "tokenizer.ggml.tokens")):
+            w.add_key_value(f.name, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
+    for t in src.tensors:
+        w.add_tensor(t.name, np.array(t.data), raw_shape=tuple(reversed([int(d) for d in t.shape])))
+    w.add_tensor("rope_freqs.weight", np.ones(32, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(GGUFError, match="rope_freqs"):
+        realm_web.load(str(tmp_path / "m.gguf"))
