@@ -30,3 +30,12 @@ class SourceError(RealmError):
 
 class DeviceError(RealmError):
     """No usable GPU adapter, a device that was lost, or a request beyond the device's limits."""
+
+
+class DeviceLostError(DeviceError):
+    """The GPU device was lost (driver reset, GPU process crash, tab backgrounded too long, or destroyed).
+    Everything on it is gone: load the model again on a new device."""
+
+
+class OutOfMemoryError(DeviceError):
+    """The device could not allocate a buffer: the model (or its context) does not fit in GPU memory."""

@@ -51,10 +51,13 @@ class Model:
         max_binding: int | None = None,
         chunk_bytes: int = DEFAULT_CHUNK,
         progress: Progress | None = None,
+        owns_device: bool = False,
     ):
+        """`owns_device`: close() also closes a `device` passed in (one opened for this model alone)."""
         self.gguf = gf
         self.config = cfg = Config.from_gguf(gf)
         self.tokenizer = Tokenizer.from_gguf(gf)
+        self._owns_device = device is None or owns_device
         self.device = dev = device or get_device()
         self.n_ctx = min(n_ctx or min(cfg.n_ctx_train, 4096), cfg.n_ctx_train)
         mats = [t.name for t in gf.tensors if len(t.shape) >= 2]
@@ -78,18 +81,23 @@ class Model:
         return self.tokenizer.detokenize(ids)
 
     # -- scoring ----------------------------------------------------------------------------------------------
-    def logits(self, ids: Sequence[int]):
-        """Teacher-forced logits at every position: numpy float32 [len(ids), n_vocab] (native only)."""
-        import numpy as np
-
+    def logits_bytes(self, ids: Sequence[int]) -> bytes:
+        """Teacher-forced logits at every position as raw little-endian f32 [len(ids), n_vocab] (no numpy:
+        this is what the browser returns)."""
         ids = self._check_prompt(ids, 0)
         t = self.transformer
         rows = []
         for start in range(0, len(ids), t.max_batch):
             chunk = ids[start : start + t.max_batch]
             t.run(chunk, list(range(start, start + len(chunk))), [0] * len(chunk), all_logits=True)
-            rows.append(np.frombuffer(t.read_logits(len(chunk)), np.float32).reshape(len(chunk), -1))
-        return np.concatenate(rows)
+            rows.append(t.read_logits(len(chunk)))
+        return b"".join(rows)
+
+    def logits(self, ids: Sequence[int]):
+        """Teacher-forced logits at every position: numpy float32 [len(ids), n_vocab] (needs numpy)."""
+        import numpy as np
+
+        return np.frombuffer(self.logits_bytes(ids), np.float32).reshape(len(ids), self.config.n_vocab)
 
     # -- generation -------------------------------------------------------------------------------------------
     def _check_prompt(self, ids: Sequence[int], max_tokens: int) -> list[int]:
@@ -169,11 +177,20 @@ class Model:
 
     def chat(self, messages: Sequence[Mapping[str, Any]], stream: bool = True, **options: Any) -> Iterator[str] | str:
         """Reply to a conversation rendered with the model's chat template. Options are generate()'s."""
+        pieces = self.generate(self.chat_ids(messages), **options)
+        return pieces if stream else "".join(pieces)
+
+    def chat_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Token ids of a conversation rendered with the model's chat template, ready for a reply."""
         prompt = self.chat_template.render(messages, add_generation_prompt=True)
         bos = self._token_text(self.tokenizer.bos_id)
-        ids = self.tokenize(prompt, add_special=not (bos and prompt.startswith(bos)), parse_special=True)
-        pieces = self.generate(ids, **options)
-        return pieces if stream else "".join(pieces)
+        return self.tokenize(prompt, add_special=not (bos and prompt.startswith(bos)), parse_special=True)
+
+    def close(self) -> None:
+        """Free the model's GPU memory when it opened its own device (a device passed in belongs to the caller,
+        who closes it). The model cannot be used afterwards."""
+        if self._owns_device:
+            self.device.close()
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def _token_text(self, i: int | None) -> str:
@@ -192,32 +209,56 @@ class Model:
         return ChatTemplate.builtin("chatml", **tokens)
 
 
+class TextStream:
+    """Text of a stream of token ids, piece by piece: never a broken UTF-8 sequence, and cut before the first
+    stop string. Text that could still become a stop string is held back until it cannot."""
+
+    def __init__(self, tk: Tokenizer, stop: Sequence[str] = ()):
+        self._dec = tk.stream_decoder(continuation=True)
+        self._stop = [s for s in stop if s]
+        self._hold = max((len(s) for s in self._stop), default=0) - 1
+        self._held = ""
+        self.stopped = False  # a stop string was seen: feed nothing more
+
+    def feed(self, token: int) -> str:
+        """The text that became final with `token` (often "", e.g. inside a multi-byte character)."""
+        self._held += self._dec.feed(token)
+        if not self._stop:
+            out, self._held = self._held, ""
+            return out
+        cut = min((j for j in (self._held.find(s) for s in self._stop) if j >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self._held = self._held[:cut], ""
+            return out
+        safe = len(self._held) - self._hold if self._hold > 0 else len(self._held)
+        if safe <= 0:
+            return ""
+        out, self._held = self._held[:safe], self._held[safe:]
+        return out
+
+    def flush(self) -> str:
+        """What is left once the ids end (held-back text and an incomplete character's replacement)."""
+        if self.stopped:
+            return ""
+        out, self._held = self._held + self._dec.flush(), ""
+        return out
+
+
 def _stream_text(tk: Tokenizer, ids: Iterator[int], stop: list[str], usage: dict) -> Iterator[str]:
-    """Text pieces of `ids`, never a broken UTF-8 sequence, cut before the first stop string. Text that could
-    be the start of a stop string is held back until it cannot."""
-    dec = tk.stream_decoder(continuation=True)
-    held = ""
-    hold = max((len(s) for s in stop), default=0) - 1
+    """Text pieces of `ids` (see TextStream); a stop string ends generation with finish_reason "stop"."""
+    ts = TextStream(tk, stop)
     for i in ids:
-        held += dec.feed(i)
-        if stop:
-            cut = min((j for j in (held.find(s) for s in stop if s) if j >= 0), default=-1)
-            if cut >= 0:
-                if cut:
-                    yield held[:cut]
-                usage["finish_reason"] = "stop"
-                ids.close()
-                return
-            safe = len(held) - hold if hold > 0 else len(held)
-            if safe > 0:
-                yield held[:safe]
-                held = held[safe:]
-        elif held:
-            yield held
-            held = ""
-    held += dec.flush()
-    if held:
-        yield held
+        piece = ts.feed(i)
+        if piece:
+            yield piece
+        if ts.stopped:
+            usage["finish_reason"] = "stop"
+            ids.close()
+            return
+    tail = ts.flush()
+    if tail:
+        yield tail
 
 
 def load(path_or_url: str, *, progress: Callable[[int, int], None] | None = None, **options: Any) -> Model:

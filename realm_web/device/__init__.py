@@ -70,13 +70,18 @@ class Device(Protocol):
 
     def destroy(self, buf: Buffer) -> None: ...
 
+    def close(self) -> None:
+        """Free every buffer this device allocated and release the device."""
+        ...
+
 
 def get_device(**options: Any) -> Device:
-    """Open the default device for this platform (wgpu-py natively; see `native.NativeDevice.create`)."""
+    """Open the default device for this platform: wgpu-py natively (`native.NativeDevice.create`), the
+    browser's navigator.gpu under Pyodide (`browser.BrowserDevice.create`)."""
     if sys.platform == "emscripten":
-        from realm_web.errors import DeviceError
+        from realm_web.device import browser
 
-        raise DeviceError("the browser device (navigator.gpu through Pyodide) is not part of this build")
+        return browser.BrowserDevice.create(**options)
     from realm_web.device import native
 
     return native.NativeDevice.create(**options)

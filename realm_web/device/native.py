@@ -40,6 +40,7 @@ class NativeDevice:
         self.info = info
         self._modules: dict[str, Any] = {}
         self._pipelines: dict[tuple, Any] = {}
+        self._buffers: list[NativeBuffer] = []
 
     @classmethod
     def create(
@@ -106,7 +107,9 @@ class NativeDevice:
             handle = self.device.create_buffer(size=size, usage=usage, label=label)
         except Exception as e:
             raise DeviceError(f"could not allocate buffer {label!r} of {size} bytes: {e}") from e
-        return NativeBuffer(handle, size, label)
+        buf = NativeBuffer(handle, size, label)
+        self._buffers.append(buf)
+        return buf
 
     def write(self, buf: NativeBuffer, data: bytes | bytearray | memoryview, offset: int = 0) -> None:
         mv = memoryview(data).cast("B")
@@ -122,6 +125,15 @@ class NativeDevice:
 
     def destroy(self, buf: NativeBuffer) -> None:
         buf.handle.destroy()
+        self._buffers = [b for b in self._buffers if b is not buf]
+
+    def close(self) -> None:
+        """Free every buffer this device allocated (the wgpu device itself goes with its last reference)."""
+        for b in self._buffers:
+            b.handle.destroy()
+        self._buffers.clear()
+        self._pipelines.clear()
+        self._modules.clear()
 
     # -- pipelines and dispatches --------------------------------------------------------------------------
     def _pipeline(self, name: str, wgsl: str, constants: dict[str, int | float]) -> Any:
