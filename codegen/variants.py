@@ -29,6 +29,7 @@ def variants() -> list[Variant]:
         common = {"qtype": q, "guard_k": qt in FLOAT_TYPES}
         out.append(Variant(f"matvec_{q}", "matvec.wgsl.j2", {**common, "subgroups": False}))
         out.append(Variant(f"matvec_{q}_sg", "matvec.wgsl.j2", {**common, "subgroups": True}))
+        out.append(Variant(f"matvec_rows_{q}", "matvec_rows.wgsl.j2", common))
         out.append(Variant(f"matmul_{q}", "matmul.wgsl.j2", common))
         out.append(Variant(f"get_rows_{q}", "get_rows.wgsl.j2", common))
     out.append(Variant("copy", "copy.wgsl.j2"))

@@ -32,10 +32,12 @@ def check(y: np.ndarray, w: np.ndarray, x: np.ndarray) -> None:
 
 @pytest.mark.parametrize("type_name", COMPUTE_TYPES)
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
-@pytest.mark.parametrize("subgroups", [True, False], ids=["sg", "nosg"])
-def test_matvec(dev, dev_plain, rng, type_name, split, subgroups):
-    dev = dev if subgroups else dev_plain
-    assert dev.info.subgroups == subgroups or not subgroups
+@pytest.mark.parametrize("mode", ["sg", "nosg", "rows"])
+def test_matvec(dev, dev_plain, rng, type_name, split, mode):
+    """Both kernels: one row per workgroup (matvec, with and without subgroups) and one per invocation
+    (matvec_rows, the CPU adapters' default)."""
+    dev = dev_plain if mode == "nosg" else dev
+    rows = mode == "rows"
     for n_rows, k in shapes(type_name):
         data, ref = random_tensor(type_name, n_rows, k, rng)
         # split: force parts of ~1/3 of the tensor (a 1 MiB limit is the same mechanism at model scale)
@@ -49,10 +51,10 @@ def test_matvec(dev, dev_plain, rng, type_name, split, subgroups):
         xp = np.full((n_vec, (k + 3) // 4 * 4), np.nan, dtype=np.float32)
         xp[:, :k] = x
         xb, yb = upload_array(dev, xp), dev.create_buffer(4 * n_vec * n_rows, "y")
-        dev.submit(matvec(dev, w, xb, yb, n_vec=n_vec))
+        dev.submit(matvec(dev, w, xb, yb, n_vec=n_vec, rows=rows))
         check(read_f32(dev, yb, n_vec * n_rows), ref, x.astype(np.float64))
         # the second vector alone, addressed by its offset (how the last prompt row's logits are taken)
-        dev.submit(matvec(dev, w, xb, yb, x_offset=xp.shape[1]))
+        dev.submit(matvec(dev, w, xb, yb, x_offset=xp.shape[1], rows=rows))
         check(read_f32(dev, yb, n_rows), ref, x[1:].astype(np.float64))
 
 

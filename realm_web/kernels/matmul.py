@@ -34,20 +34,23 @@ def matvec(
     y_stride: int | None = None,
     y_col: int = 0,
     x_offset: int = 0,
+    rows: bool | None = None,
 ) -> list[Dispatch]:
     """y[v, y_col + r] = sum_k W[r, k] x[x_offset + v * x_stride + k] for v < n_vec. Strides and offsets in f32
     elements; input stride and offset must be multiples of 4 (x is read as vec4: activation rows are allocated
-    with widths rounded up to 4)."""
+    with widths rounded up to 4). `rows`: one row per invocation (matvec_rows, no reduction), the default on
+    CPU adapters; otherwise one row per workgroup."""
     x_stride = _ceil4(w.row_elems) if x_stride is None else x_stride
     if x_stride % 4 or x_offset % 4:
         raise ValueError(f"matvec input stride {x_stride} and offset {x_offset} must be multiples of 4")
     y_stride = w.n_rows if y_stride is None else y_stride
-    sg = dev.info.subgroups
-    name = f"matvec_{w.type.name.lower()}{'_sg' if sg else ''}"
+    rows = dev.info.adapter_type == "CPU" if rows is None else rows
+    sg = dev.info.subgroups and not rows
+    name = f"matvec{'_rows' if rows else ''}_{w.type.name.lower()}{'_sg' if sg else ''}"
     wg = pow2_at_most(64, dev.info.max_invocations)
     out = []
     for part in w.parts:
-        gx, gy = fold(part.n_rows, dev.info.max_workgroups_per_dim)
+        gx, gy = fold(-(-part.n_rows // wg) if rows else part.n_rows, dev.info.max_workgroups_per_dim)
         params = u32s(w.row_elems, part.n_rows, w.row_bytes, _units(w), x_stride, y_stride,
                       y_col + part.row_begin, gx, x_offset)  # fmt: skip
         out.append(build(dev, name, params, [part.buffer, x, y], (gx, gy, n_vec), {"WG": wg}))
