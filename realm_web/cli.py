@@ -151,6 +151,12 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from realm_web.serve import serve
+
+    return serve(args.host, args.port, args.model or [], open_browser=args.open)
+
+
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", type=int, default=128, help="max new tokens (default 128)")
     p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
@@ -192,6 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("dirs", nargs="*", help="folders to search (default: the bundled models and .)")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_models)
+
+    s = sub.add_parser("serve", help="the demo page, the JS SDK and models over HTTP, for a browser")
+    s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("-m", "--model", action="extend", nargs="+", metavar="PATH",
+                   help="GGUF files to serve besides the bundled model (repeatable)")  # fmt: skip
+    s.add_argument("--open", action="store_true", help="open the page in the default browser")
+    s.set_defaults(func=_serve)
 
     args = ap.parse_args(argv)
     try:

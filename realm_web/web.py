@@ -10,6 +10,7 @@ the recorded step, read the sampled id, hand the text piece to `on_token`).
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -75,7 +76,9 @@ class WebModel:
         msgs = req.get("messages")
         ids = m.chat_ids(msgs) if msgs is not None else m.tokenize(str(req.get("prompt", "")))
         max_tokens = int(req.get("max_tokens") or 256)
-        sp = SamplingParams(**{k: req[k] for k in _SAMPLING_KEYS if req.get(k) is not None})
+        given = {k: req[k] for k in _SAMPLING_KEYS if req.get(k) is not None}
+        given.setdefault("seed", random.getrandbits(32))  # as OpenAI's API: no seed, a different draw each time
+        sp = SamplingParams(**given)
         stream = TextStream(m.tokenizer, [str(s) for s in req.get("stop") or ()])
         t0 = time.perf_counter()
         t_first = None
