@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 .venv/bin/ruff check .
+(cd js && npm test --silent)  # the SDK's unit tests (node:test); the browser tests are in tests/browser
 .venv/bin/python -m pytest "$@"

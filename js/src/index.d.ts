@@ -1,0 +1,312 @@
+// Type declarations for realm-web (src/index.js). Kept by hand next to the JavaScript it describes.
+
+/** A model registry record (builtin-models.json, appConfig.models, the server's /models/registry.json). */
+export interface ModelRecord {
+  /** The id createEngine accepts. */
+  id: string;
+  /** Where the .gguf is: absolute, or relative to appConfig.modelBaseUrl. */
+  url?: string;
+  /** Mirrors tried in order (instead of `url`). */
+  urls?: string[];
+  /** Lowercase hex SHA-256 of the file; downloads are verified against it. */
+  sha256?: string | null;
+  /** File size in bytes. */
+  size?: number | null;
+  architecture?: string;
+  /** The most common weight type, e.g. "Q4_K". */
+  quant?: string;
+  /** The context length the model was trained with. */
+  context_length?: number;
+  /** Rough bytes of GPU memory: weights + f32 KV cache at context_length + activations. */
+  estimated_gpu_memory?: number;
+  /** WebGPU features the model needs; checked against the adapter before anything is downloaded. */
+  required_features?: string[];
+}
+
+export interface AppConfig {
+  /** Extra registry records; one with a built-in record's id replaces it. */
+  models?: ModelRecord[];
+  /** The web bundle folder (manifest.json, pyodide/, wheels/). Default: `new URL("../runtime/", import.meta.url)`. */
+  runtimeUrl?: string | URL;
+  /** Base for relative record URLs. Default: `new URL("../models/", import.meta.url)`. */
+  modelBaseUrl?: string | URL;
+  /**
+   * Keep downloaded models in the browser (OPFS), verified and resumable. Default true. With false (or where
+   * the browser has no OPFS) the model is streamed from the server with HTTP Range requests on every load,
+   * without SHA-256 verification.
+   */
+  useCache?: boolean;
+  /** Context window to allocate (default: the model's, capped by realm_web). */
+  n_ctx?: number;
+  /** A Jinja chat template overriding the file's. */
+  chat_template?: string;
+  /** Advanced: the largest prompt chunk processed at once. */
+  max_batch?: number;
+  /** Advanced: restrict the optional WebGPU features used (e.g. [] to run without subgroups). */
+  features?: string[];
+}
+
+export type InitProgressPhase = "download" | "runtime" | "upload" | "ready";
+
+export interface InitProgressReport {
+  /** Overall progress, 0..1 (monotone; 1 once ready). */
+  progress: number;
+  /** A human-readable line, e.g. "Downloading realm-tiny-facts: 1.2 / 2.2 MiB (54%)". */
+  text: string;
+  /** Seconds since createEngine was called. */
+  timeElapsed: number;
+  /** What this report is about; download and runtime loading run in parallel. */
+  phase: InitProgressPhase;
+  /** Bytes (download, upload) or steps (runtime) done in this phase. */
+  loaded: number;
+  /** Total of `loaded`, or null when unknown. */
+  total: number | null;
+}
+
+export type InitProgressCallback = (report: InitProgressReport) => void;
+
+export interface CreateEngineOptions {
+  initProgressCallback?: InitProgressCallback;
+  appConfig?: AppConfig;
+  /** Run the engine in a module Web Worker (default true) so the page never freezes. */
+  useWorker?: boolean;
+}
+
+/** What realm_web reports about the loaded model and the GPU. */
+export interface ModelInfo {
+  architecture: string;
+  /** The allocated context window. */
+  n_ctx: number;
+  n_ctx_train: number;
+  n_vocab: number;
+  n_layer: number;
+  n_embd: number;
+  /** The GPU adapter's name. */
+  adapter: string;
+  adapter_type?: string;
+  features: string[];
+  subgroups: boolean;
+  max_storage_binding?: number;
+  max_buffer?: number;
+  [key: string]: unknown;
+}
+
+/** Token counts and timings of one request (OpenAI's usage plus realm_web's timings). */
+export interface CompletionUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  time_to_first_token_ms: number;
+  prefill_ms: number;
+  decode_ms: number;
+  prefill_tokens_per_s: number;
+  decode_tokens_per_s: number;
+  [key: string]: unknown;
+}
+
+export type FinishReason = "stop" | "length";
+
+export interface GenerateOptions {
+  /** Tokens to generate at most (realm_web's default: 256). */
+  maxTokens?: number;
+  /** 0 = greedy. */
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  minP?: number;
+  repeatPenalty?: number;
+  seed?: number;
+  /** Stop strings: generation ends before any of them; they are not part of the text. */
+  stop?: string | string[];
+  /** Called with each non-empty piece of text as it is generated. A throw stops generation and rejects. */
+  onToken?: (piece: string) => void;
+  /** Abort: generation stops at the next token and the promise rejects with AbortError. */
+  signal?: AbortSignal;
+}
+
+export interface GenerateResult {
+  text: string;
+  finishReason: FinishReason;
+  usage: CompletionUsage;
+}
+
+export interface ChatCompletionContentPartText {
+  type: "text";
+  text: string;
+}
+
+export interface ChatCompletionMessageParam {
+  role: "system" | "user" | "assistant" | (string & {});
+  content: string | ChatCompletionContentPartText[] | null;
+}
+
+/** OpenAI's chat.completions.create parameters (the supported subset, plus top_k, min_p, signal). */
+export interface ChatCompletionCreateParamsBase {
+  messages: ChatCompletionMessageParam[];
+  max_tokens?: number | null;
+  max_completion_tokens?: number | null;
+  temperature?: number | null;
+  top_p?: number | null;
+  top_k?: number | null;
+  min_p?: number | null;
+  /** llama.cpp-style repetition penalty (1 = off). frequency/presence penalties are not supported. */
+  repetition_penalty?: number | null;
+  seed?: number | null;
+  stop?: string | string[] | null;
+  /** Only 1. */
+  n?: number | null;
+  /** Abort the request (with stream: rejects the iteration with AbortError). */
+  signal?: AbortSignal;
+}
+
+export interface ChatCompletionCreateParamsNonStreaming extends ChatCompletionCreateParamsBase {
+  stream?: false | null;
+}
+
+export interface ChatCompletionCreateParamsStreaming extends ChatCompletionCreateParamsBase {
+  stream: true;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: "chat.completion";
+  created: number;
+  model: string;
+  choices: Array<{
+    index: 0;
+    message: { role: "assistant"; content: string };
+    finish_reason: FinishReason;
+    logprobs: null;
+  }>;
+  usage: CompletionUsage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: "chat.completion.chunk";
+  created: number;
+  model: string;
+  choices: Array<{
+    index: 0;
+    /** `role` on the first chunk only; the last chunk's delta is empty. */
+    delta: { role?: "assistant"; content?: string };
+    /** null until the last chunk. */
+    finish_reason: FinishReason | null;
+    logprobs: null;
+  }>;
+  /** On the last chunk only. */
+  usage?: CompletionUsage;
+}
+
+export interface Completions {
+  /** With stream: true, an async iterable of chunks; leaving the loop early stops generation. */
+  create(params: ChatCompletionCreateParamsStreaming): Promise<AsyncIterable<ChatCompletionChunk>>;
+  create(params: ChatCompletionCreateParamsNonStreaming): Promise<ChatCompletion>;
+  create(params: ChatCompletionCreateParamsBase & { stream?: boolean | null }): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
+}
+
+export interface RuntimeStats {
+  model: string | null;
+  adapter: string | null;
+  load: {
+    /** "download" (fetched now), "cache" (OPFS) or "network" (streamed with Range requests). */
+    source: "download" | "cache" | "network";
+    downloadMs: number;
+    runtimeMs: number;
+    uploadMs: number;
+    totalMs: number;
+  } | null;
+  lastUsage: CompletionUsage | null;
+}
+
+/** A loaded model. Requests on one engine run one at a time, in call order. */
+export declare class Engine {
+  private constructor();
+  /** The id (or URL) the engine was created with. */
+  readonly modelId: string;
+  /** The registry record, URLs made absolute. */
+  readonly modelRecord: ModelRecord & { urls: string[] };
+  readonly modelInfo: ModelInfo;
+  readonly chat: { completions: Completions };
+  /** Complete a raw prompt (no chat template). */
+  generate(prompt: string, options?: GenerateOptions): Promise<GenerateResult>;
+  /** Stop the generation that is running now (it rejects with AbortError). */
+  interruptGenerate(): void;
+  tokenize(text: string): Promise<number[]>;
+  detokenize(ids: ArrayLike<number>): Promise<string>;
+  /** Teacher-forced logits: one row of n_vocab scores per position of `ids`. */
+  logits(ids: ArrayLike<number>): Promise<Float32Array[]>;
+  runtimeStats(): Promise<RuntimeStats>;
+  /** Free the GPU memory and stop the worker; the engine cannot be used afterwards. */
+  unload(): Promise<void>;
+  /** Test hook, not for apps: destroy the GPU device so later requests fail with DeviceLostError. */
+  _debugLoseDevice(): Promise<void>;
+}
+
+/**
+ * Load a model (registry id or .gguf URL) and return an engine once its weights are on the GPU.
+ * Checks WebGPU (NoWebGPUError) and the model's required features (DeviceError) before downloading.
+ */
+export declare function createEngine(modelIdOrUrl: string, options?: CreateEngineOptions): Promise<Engine>;
+
+/** Built-in records followed by appConfig.models (which replace built-ins with the same id). */
+export declare function listModels(appConfig?: AppConfig): Promise<ModelRecord[]>;
+
+/** Whether the model is downloaded and verified in this browser's storage. */
+export declare function hasModelInCache(modelIdOrUrl: string, appConfig?: AppConfig): Promise<boolean>;
+
+/** Delete a model's stored file and any partial download; with no id, every model realm-web stored. */
+export declare function deleteModelCache(modelIdOrUrl?: string, appConfig?: AppConfig): Promise<void>;
+
+/** Base class of every SDK error. */
+export declare class RealmError extends Error {
+  constructor(message: string, details?: Record<string, unknown>);
+  /**
+   * Stable machine-readable code: the class's code ("no_webgpu", "device_lost", ...), or for plain
+   * RealmErrors one of "realm_error", "invalid_request", "unloaded", "runtime_unavailable",
+   * "unsupported_browser", "worker_failed", "runtime_crashed", "internal".
+   */
+  code: string;
+  /** The Python exception class, for errors raised by realm_web. */
+  pythonType?: string;
+  /** The Python traceback of an internal error. */
+  pythonTraceback?: string;
+  [key: string]: unknown;
+}
+/** No WebGPU in this browser/context, or no GPU adapter. */
+export declare class NoWebGPUError extends RealmError {}
+/** The GPU cannot do what is asked (missing feature: `.missing`; beyond a device limit). */
+export declare class DeviceError extends RealmError {
+  missing?: string[];
+}
+/** The GPU device was lost; create a new engine. */
+export declare class DeviceLostError extends DeviceError {}
+/** GPU memory ran out (the model or its context does not fit). */
+export declare class OutOfMemoryError extends DeviceError {}
+/** Malformed or unsupported GGUF, or its bytes could not be read. */
+export declare class ModelError extends RealmError {}
+/** A download failed (HTTP status, network, storage full). */
+export declare class DownloadError extends RealmError {
+  url?: string;
+  status?: number;
+}
+/** A download's SHA-256 (or size) differs from its registry record. */
+export declare class IntegrityError extends RealmError {
+  url?: string;
+  expected?: string | null;
+  actual?: string | null;
+}
+/** The model id is in no registry. */
+export declare class UnknownModelError extends RealmError {
+  modelId: string;
+  knownIds: string[];
+}
+/** The prompt plus completion does not fit in the context window. */
+export declare class ContextLengthError extends RealmError {}
+/** The request was aborted through its AbortSignal (or interruptGenerate). */
+export declare class AbortError extends RealmError {
+  /** The text generated before the abort. */
+  partialText?: string;
+  /** Usage up to the abort (null when aborted before it started). */
+  usage?: CompletionUsage | null;
+}

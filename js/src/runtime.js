@@ -1,0 +1,224 @@
+// The Python side: load Pyodide and the realm_web wheel from the web bundle (build/web, served at runtimeUrl)
+// and drive `realm_web.web`. Used in the worker and, with useWorker: false, on the page. Every call that
+// touches the GPU goes through `callPromising` (realm_web.web awaits WebGPU with run_sync, which needs JSPI).
+
+import { DeviceLostError, RealmError, fromPythonError } from "./errors.js";
+
+const runtimes = new Map(); // runtimeUrl -> Promise<Runtime>: one Pyodide per realm (page or worker)
+
+/**
+ * Load (once per runtime URL) Pyodide, micropip, the wheels of the manifest and `realm_web.web`.
+ * @param {string} runtimeUrl absolute URL of the bundle folder (with manifest.json)
+ * @param {(step: number, steps: number, text: string) => void} [onStep]
+ * @returns {Promise<Runtime>}
+ */
+export function loadRuntime(runtimeUrl, onStep) {
+  const base = runtimeUrl.endsWith("/") ? runtimeUrl : runtimeUrl + "/";
+  let p = runtimes.get(base);
+  if (!p) {
+    p = Runtime._load(base, onStep);
+    runtimes.set(base, p);
+    p.catch(() => runtimes.delete(base));
+  } else {
+    p.then(() => onStep?.(1, 1, "Python runtime ready"), () => {});
+  }
+  return p;
+}
+
+export class Runtime {
+  constructor(py, web, manifest) {
+    this.py = py;
+    this.web = web;
+    this.manifest = manifest;
+  }
+
+  static async _load(base, onStep) {
+    const steps = 4;
+    const manifestUrl = new URL("manifest.json", base).href;
+    let manifest;
+    try {
+      const res = await fetch(manifestUrl);
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      manifest = await res.json();
+    } catch (e) {
+      throw new RealmError(
+        `could not load the realm_web runtime manifest ${manifestUrl} (${e.message}): is appConfig.runtimeUrl right, ` +
+          "and was the web bundle built (scripts/build_web.py)?",
+        { code: "runtime_unavailable", url: manifestUrl },
+      );
+    }
+    const indexURL = new URL(manifest.pyodide, base).href;
+    onStep?.(0, steps, "Loading the Python runtime (Pyodide)");
+    let py;
+    try {
+      const { loadPyodide } = await import(new URL("pyodide.mjs", indexURL).href);
+      py = await loadPyodide({
+        indexURL,
+        packages: ["micropip"], // fetched while the interpreter boots
+        stdout: (s) => console.log(`[realm_web] ${s}`),
+        stderr: (s) => console.warn(`[realm_web] ${s}`),
+      });
+    } catch (e) {
+      throw new RealmError(`could not start Pyodide from ${indexURL}: ${e?.message ?? e}`, { code: "runtime_unavailable" });
+    }
+    onStep?.(2, steps, "Installing realm_web");
+    const micropip = py.pyimport("micropip");
+    try {
+      for (const wheel of manifest.wheels) await micropip.install(new URL(wheel, base).href);
+    } catch (e) {
+      throw new RealmError(`could not install the realm_web wheel: ${e?.message ?? e}`, { code: "runtime_unavailable" });
+    } finally {
+      micropip.destroy();
+    }
+    onStep?.(3, steps, "Importing realm_web");
+    const web = py.pyimport("realm_web.web");
+    onStep?.(4, steps, "Python runtime ready");
+    return new Runtime(py, web, manifest);
+  }
+
+  /**
+   * Parse the GGUF behind `source`, open the WebGPU device and stream the weights into it.
+   * @param {{size: number, read: (offset: number, length: number) => Promise<Uint8Array>}} source
+   * @param {object} options {n_ctx, max_batch, chat_template, features}; undefined values are left out
+   * @param {(done: number, total: number) => void} onUpload
+   * @returns {Promise<LoadedModel>}
+   */
+  async loadModel(source, options, onUpload) {
+    const model = new LoadedModel(this);
+    const read = (offset, length) =>
+      source.read(offset, length).catch((e) => {
+        model._readError = e; // Python turns it into a SourceError; the JS error is the better one to report
+        throw e;
+      });
+    const progress = (phase, done, total) => onUpload(done, total);
+    const opts = Object.fromEntries(Object.entries(options ?? {}).filter(([, v]) => v != null));
+    const load = this.web.load;
+    try {
+      model.handle = await load.callPromising(read, source.size, progress, opts);
+    } catch (e) {
+      throw model._error(e);
+    } finally {
+      load.destroy();
+    }
+    model._bind();
+    model.info = await model._call(model._info);
+    return model;
+  }
+}
+
+/** A model loaded on the GPU: a thin wrapper over realm_web.web.WebModel that converts values and errors. */
+export class LoadedModel {
+  constructor(runtime) {
+    this.runtime = runtime;
+    this.handle = null;
+    this.info = null;
+    this.lost = null; // the DeviceLostError once the GPU device is gone
+    this._readError = null;
+  }
+
+  _bind() {
+    // Method proxies fetched once: each attribute access on a PyProxy makes a new PyProxy to destroy.
+    const h = this.handle;
+    this._info = h.info;
+    this._generate = h.generate;
+    this._logits = h.logits;
+    this._tokenize = h.tokenize;
+    this._detokenize = h.detokenize;
+    this._unload = h.unload;
+  }
+
+  /** Map a failure to an SDK error; remember device loss so later calls fail fast. */
+  _error(e) {
+    let err = e;
+    if (e instanceof this.runtime.py.ffi.PythonError) {
+      err = this._readError && (e.type === "SourceError" || e.type === "JsException") ? this._readError : fromPythonError(e);
+    } else if (!(e instanceof RealmError)) {
+      const fatal = /fatal error/i.test(String(e?.message));
+      err = new RealmError(`${fatal ? "the Python runtime crashed" : "internal error"}: ${e?.message ?? e}`, { code: fatal ? "runtime_crashed" : "internal" });
+      if (fatal) this.lost = err;
+    }
+    this._readError = null;
+    if (err instanceof DeviceLostError) this.lost = err;
+    return err;
+  }
+
+  _checkUsable() {
+    if (!this.handle) throw new RealmError("this model was unloaded", { code: "unloaded" });
+    if (this.lost) {
+      const Cls = this.lost.constructor;
+      throw new Cls(`${this.lost.message} (the engine cannot be used any more: create a new one)`, { code: this.lost.code });
+    }
+  }
+
+  async _call(fn, ...args) {
+    this._checkUsable();
+    try {
+      return toJs(await fn.callPromising(...args));
+    } catch (e) {
+      throw this._error(e);
+    }
+  }
+
+  /**
+   * Generate for one request (see realm_web.web.WebModel.generate). `onToken(piece)` runs once per token;
+   * returning true stops generation at that token.
+   * @returns {Promise<object>} the usage record
+   */
+  generate(request, onToken) {
+    const req = Object.fromEntries(Object.entries(request).filter(([, v]) => v != null));
+    return this._call(this._generate, req, onToken);
+  }
+
+  /** Teacher-forced logits as one Float32Array of [ids.length * n_vocab] (row-major). */
+  async logits(ids) {
+    let bytes = await this._call(this._logits, ids);
+    if (bytes.byteOffset % 4) bytes = bytes.slice();
+    return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+  }
+
+  async tokenize(text) {
+    return this._call(this._tokenize, text);
+  }
+
+  async detokenize(ids) {
+    return this._call(this._detokenize, ids);
+  }
+
+  /** Test hook: destroy the GPU device under the model (the real device-lost path). */
+  async loseDevice() {
+    this._checkUsable();
+    const lose = this.runtime.web.lose_device;
+    try {
+      await lose.callPromising(this.handle);
+    } catch (e) {
+      throw this._error(e);
+    } finally {
+      lose.destroy();
+    }
+  }
+
+  /** Free every GPU buffer and the device. Safe to call twice, and after a device loss. */
+  async unload() {
+    if (!this.handle) return;
+    try {
+      if (!this.lost) await this._unload.callPromising();
+    } catch (e) {
+      const err = this._error(e);
+      if (!(err instanceof DeviceLostError)) throw err;
+    } finally {
+      for (const m of [this._info, this._generate, this._logits, this._tokenize, this._detokenize, this._unload]) m?.destroy();
+      this.handle.destroy();
+      this.handle = null;
+    }
+  }
+}
+
+/** A Python return value as plain JS (PyProxies converted and freed; JS values pass through). */
+function toJs(value) {
+  if (value && typeof value === "object" && typeof value.toJs === "function" && typeof value.destroy === "function") {
+    const out = value.toJs({ dict_converter: Object.fromEntries });
+    value.destroy();
+    return out;
+  }
+  return value;
+}
