@@ -1,12 +1,12 @@
-"""Benchmarks (native only: uses numpy). `realm-web bench --kernels`: decode matvec bandwidth per quant type
-beside the same adapter's plain copy bandwidth, measured in one run."""
+"""Benchmarks. `realm-web bench`: a model's prefill and decode tokens/s (also run in the browser, through
+realm_web.web, so both homes are measured the same way). `realm-web bench --kernels`: decode matvec bandwidth
+per quant type beside the same adapter's plain copy bandwidth, measured in one run (native: random weights
+come from numpy, imported where they are made)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-
-import numpy as np
 
 from realm_web.device import Device
 from realm_web.kernels import build, fold, u32s
@@ -18,6 +18,8 @@ from realm_web.weights import upload_bytes
 def random_weight_bytes(type_name: str, n_rows: int, k: int, seed: int = 0) -> bytes:
     """Valid random data of a GGUF type: random quants, small finite f16 scales (denormals and NaNs would
     distort timings on CPU adapters)."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     t = BY_NAME[type_name]
     if t.block_elems == 1:
@@ -74,7 +76,7 @@ def matvec_bandwidth(dev: Device, type_name: str, n_rows: int = 4096, k: int = 4
     data = random_weight_bytes(type_name, n_rows, k)
     w = upload_bytes(dev, "bench", BY_NAME[type_name], (k, n_rows), data)
     x, y = dev.create_buffer(4 * k, "x"), dev.create_buffer(4 * n_rows, "y")
-    dev.write(x, np.random.default_rng(1).standard_normal(k).astype(np.float32).tobytes())
+    dev.write(x, random_weight_bytes("F32", 1, k, seed=1))
     ds = matvec(dev, w, x, y)
     reps = max(3, min(200, int(1.5e9 / 3e9 * 3e9 / max(len(data), 1) / 4)))
     best = min(_time(dev, ds, y, reps) for _ in range(rounds))

@@ -17,6 +17,7 @@ from typing import Any
 import js
 from pyodide.ffi import run_sync, to_js
 
+from realm_web.bench import bench_model
 from realm_web.device import get_device
 from realm_web.errors import SourceError
 from realm_web.gguf import read_gguf
@@ -127,6 +128,10 @@ class WebModel:
 
     def apply_chat_template(self, messages: Any) -> str:
         return self.model.chat_template.render(_py(messages), add_generation_prompt=True)
+
+    def bench(self, n_prompt: int = 64, n_gen: int = 64) -> Any:
+        """`realm-web bench`'s measurement, in the browser: prefill and decode tokens/s (greedy, EOS ignored)."""
+        return _js(bench_model(self.model, int(n_prompt), int(n_gen)))
 
     def unload(self) -> None:
         self.model.close()

@@ -224,6 +224,16 @@ export class Engine {
     return rows;
   }
 
+  /**
+   * Measure prefill and decode speed as `realm-web bench` does natively (greedy, end-of-text ignored), so the
+   * browser and native figures compare directly.
+   * @param {{nPrompt?: number, nGen?: number}} [options]
+   * @returns {Promise<{model: string, adapter: string, n_prompt: number, prefill_tok_s: number, n_gen: number, decode_tok_s: number}>}
+   */
+  benchmark({ nPrompt = 64, nGen = 64 } = {}) {
+    return this._enqueue("bench", { nPrompt, nGen });
+  }
+
   /** Load timings, the adapter and the usage of the last request. */
   runtimeStats() {
     return this._enqueue("stats", {});

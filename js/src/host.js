@@ -143,6 +143,11 @@ export class Host {
       return this._model().detokenize(Array.from(ids, Number));
     },
 
+    /** {nPrompt, nGen} -> realm-web bench's figures for this model in this browser. */
+    async bench({ nPrompt = 64, nGen = 64 }) {
+      return this._model().bench(nPrompt, nGen);
+    },
+
     async stats() {
       return { model: this.record?.id ?? null, adapter: this.model?.info?.adapter ?? null, load: this.loadStats, lastUsage: this.lastUsage };
     },

@@ -1,5 +1,16 @@
 // Type declarations for realm-web (src/index.js). Kept by hand next to the JavaScript it describes.
 
+/** What `engine.benchmark()` measures (the fields of `realm-web bench --json`). */
+export interface BenchmarkResult {
+  model: string;
+  adapter: string;
+  load_s: number;
+  n_prompt: number;
+  prefill_tok_s: number;
+  n_gen: number;
+  decode_tok_s: number;
+}
+
 /** A model registry record (builtin-models.json, appConfig.models, the server's /models/registry.json). */
 export interface ModelRecord {
   /** The id createEngine accepts. */
@@ -237,6 +248,8 @@ export declare class Engine {
   /** Teacher-forced logits: one row of n_vocab scores per position of `ids`. */
   logits(ids: ArrayLike<number>): Promise<Float32Array[]>;
   runtimeStats(): Promise<RuntimeStats>;
+  /** Prefill and decode tokens/s measured as `realm-web bench` does natively (greedy, end-of-text ignored). */
+  benchmark(options?: { nPrompt?: number; nGen?: number }): Promise<BenchmarkResult>;
   /** Free the GPU memory and stop the worker; the engine cannot be used afterwards. */
   unload(): Promise<void>;
   /** Test hook, not for apps: destroy the GPU device so later requests fail with DeviceLostError. */

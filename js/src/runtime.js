@@ -124,6 +124,7 @@ export class LoadedModel {
     this._logits = h.logits;
     this._tokenize = h.tokenize;
     this._detokenize = h.detokenize;
+    this._bench = h.bench;
     this._unload = h.unload;
   }
 
@@ -184,6 +185,11 @@ export class LoadedModel {
     return this._call(this._detokenize, ids);
   }
 
+  /** `realm-web bench`'s measurement in this browser: {prefill_tok_s, decode_tok_s, n_prompt, n_gen, ...}. */
+  async bench(nPrompt, nGen) {
+    return this._call(this._bench, nPrompt, nGen);
+  }
+
   /** Test hook: destroy the GPU device under the model (the real device-lost path). */
   async loseDevice() {
     this._checkUsable();
@@ -206,7 +212,9 @@ export class LoadedModel {
       const err = this._error(e);
       if (!(err instanceof DeviceLostError)) throw err;
     } finally {
-      for (const m of [this._info, this._generate, this._logits, this._tokenize, this._detokenize, this._unload]) m?.destroy();
+      for (const m of [this._info, this._generate, this._logits, this._tokenize, this._detokenize, this._bench, this._unload]) {
+        m?.destroy();
+      }
       this.handle.destroy();
       this.handle = null;
     }

@@ -38,7 +38,9 @@ def _unavailable(why: str):
     pytest.skip(why)
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an asyncio loop running in this thread while it is open, which
+# would break later tests that call asyncio.run().
+@pytest.fixture(scope="module")
 def playwright_api():
     try:
         from playwright.sync_api import sync_playwright
@@ -50,7 +52,7 @@ def playwright_api():
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium(playwright_api):
     """Chromium with WebGPU enabled (SwiftShader when there is no GPU)."""
     b = playwright_api.chromium.launch(executable_path=CHROMIUM, args=BASE_ARGS + WEBGPU_ARGS)
@@ -58,7 +60,7 @@ def chromium(playwright_api):
     b.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium_without_webgpu(playwright_api):
     """Chromium as shipped on Linux: navigator.gpu exists but no adapter is given out."""
     b = playwright_api.chromium.launch(executable_path=CHROMIUM, args=BASE_ARGS)
