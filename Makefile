@@ -11,9 +11,9 @@ gen:    ## render shaders/*.wgsl.j2 into realm_web/wgsl/
 	$(PY) -m codegen
 test:   ## the whole suite, as CI runs it
 	./scripts/test.sh
-bench:  ## decode matvec GB/s per quant type vs copy bandwidth; the bundled model in the browser vs native
+bench:  ## realm_web vs llama.cpp (native) and wllama (browser) on ~125M/~1B models; kernel GB/s vs copy
 	.venv/bin/realm-web bench --kernels
-	$(PY) benchmarks/browser_native.py
+	$(PY) benchmarks/run.py
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from realm_web.quants import COMPUTE_TYPES
 
 FLOAT_TYPES = ("F32", "F16", "BF16")  # rows may be any length: units past K read as zero
+# quant snippets with a fused dot_block (matvec_rows uses it instead of dequant_unit)
+DOT_BLOCK = ("Q4_0", "Q4_K", "Q6_K", "Q8_0")
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 256)
 
 
@@ -29,7 +31,7 @@ def variants() -> list[Variant]:
         common = {"qtype": q, "guard_k": qt in FLOAT_TYPES}
         out.append(Variant(f"matvec_{q}", "matvec.wgsl.j2", {**common, "subgroups": False}))
         out.append(Variant(f"matvec_{q}_sg", "matvec.wgsl.j2", {**common, "subgroups": True}))
-        out.append(Variant(f"matvec_rows_{q}", "matvec_rows.wgsl.j2", common))
+        out.append(Variant(f"matvec_rows_{q}", "matvec_rows.wgsl.j2", {**common, "dot_block": qt in DOT_BLOCK}))
         out.append(Variant(f"matmul_{q}", "matmul.wgsl.j2", common))
         out.append(Variant(f"get_rows_{q}", "get_rows.wgsl.j2", common))
     out.append(Variant("copy", "copy.wgsl.j2"))

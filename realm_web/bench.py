@@ -15,9 +15,11 @@ from realm_web.quants import BY_NAME, COMPUTE_TYPES, SCALE_FIELDS
 from realm_web.weights import upload_bytes
 
 
-def random_weight_bytes(type_name: str, n_rows: int, k: int, seed: int = 0) -> bytes:
-    """Valid random data of a GGUF type: random quants, small finite f16 scales (denormals and NaNs would
-    distort timings on CPU adapters)."""
+def random_weight_bytes(
+    type_name: str, n_rows: int, k: int, seed: int = 0, scale: tuple[float, float] = (0.002, 0.05)
+) -> bytes:
+    """Valid random data of a GGUF type: random quants, finite f16 scales drawn from `scale` (keep them normal
+    f16, ≥ 6.1e-5: denormals and NaNs would distort timings on CPU adapters); float types are N(0, 1)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -32,7 +34,7 @@ def random_weight_bytes(type_name: str, n_rows: int, k: int, seed: int = 0) -> b
     n_blocks = n_rows * k // t.block_elems
     raw = rng.integers(0, 256, size=(n_blocks, t.block_bytes), dtype=np.uint8)
     for off in SCALE_FIELDS[type_name]:
-        raw[:, off : off + 2] = rng.uniform(0.002, 0.05, n_blocks).astype(np.float16).view(np.uint8).reshape(-1, 2)
+        raw[:, off : off + 2] = rng.uniform(*scale, n_blocks).astype(np.float16).view(np.uint8).reshape(-1, 2)
     return raw.tobytes()
 
 
@@ -110,12 +112,17 @@ def format_kernel_table(dev: Device, report: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_model(model, n_prompt: int = 64, n_gen: int = 64, load_s: float = 0.0) -> dict:
-    """Prefill and decode tokens/s of a loaded model (greedy; EOS ignored by running the loop directly)."""
+def bench_model(model, n_prompt: int = 64, n_gen: int = 64, load_s: float = 0.0, prompt=None) -> dict:
+    """Prefill and decode tokens/s of a loaded model, greedy, EOS ignored (the loop is run directly).
+    `prompt`: token ids (default: BOS then a fixed spread of ids, `n_prompt` long). ttft_s: from the prompt's
+    submission to the first new token id on the host; decode: `n_gen` one-token steps after it."""
     from realm_web.sampling import SamplingParams
 
-    n_prompt = min(n_prompt, model.n_ctx - n_gen - 1)
-    prompt = [model.tokenizer.bos_id or 0] + [(7 * i + 11) % model.config.n_vocab for i in range(n_prompt - 1)]
+    if prompt is None:
+        n_prompt = min(n_prompt, model.n_ctx - n_gen - 1)
+        bos = model.tokenizer.bos_id or 0
+        prompt = [bos] + [(7 * i + 11) % model.config.n_vocab for i in range(n_prompt - 1)]
+    prompt = model._check_prompt(prompt, n_gen + 1)
     model.sampler.reset(SamplingParams(temperature=0))
     model._prefill(prompt[:8])  # warm-up: pipelines and the steps' dispatches are built here
     model._decode_one(8)
@@ -130,7 +137,21 @@ def bench_model(model, n_prompt: int = 64, n_gen: int = 64, load_s: float = 0.0)
         "adapter": model.device.info.name,
         "load_s": load_s,
         "n_prompt": len(prompt),
+        "ttft_s": t1 - t0,
         "prefill_tok_s": len(prompt) / (t1 - t0),
         "n_gen": n_gen,
         "decode_tok_s": n_gen / (t2 - t1),
     }
+
+
+def decode_bytes(model, pos: int) -> int:
+    """Bytes a decode step at position `pos` must read: every weight matrix once (the embedding table only
+    its one row, unless it is also the output head), norms and biases, and the K and V caches up to `pos`
+    (f32). Decode tok/s × this is the achieved bandwidth that the roofline compares with copy bandwidth."""
+    t, c = model.transformer, model.config
+    total = 0
+    for name, w in t.w.items():
+        embd_only = name == "token_embd.weight" and not c.tied_output
+        total += w.row_bytes if embd_only else w.row_bytes * w.n_rows
+    total += sum(b.size for b in t.vec.values())
+    return total + 2 * c.n_layer * (pos + 1) * c.kv_dim * 4

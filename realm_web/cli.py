@@ -113,6 +113,12 @@ def _bench(args: argparse.Namespace) -> int:
         else:
             print(format_kernel_table(dev, report))
         return 0
+    if args.profile:
+        from realm_web.profile import format_profile, profile_decode
+
+        r = profile_decode(_load(args), n_steps=args.steps, n_prompt=args.prompt_tokens)
+        print(json.dumps(r, indent=2) if args.json else format_profile(r))
+        return 0
     from realm_web.bench import bench_model
 
     t0 = time.perf_counter()
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     _sampling_flags(r)
     r.set_defaults(func=_run)
 
-    b = sub.add_parser("bench", help="model speed (load, prefill, decode) or --kernels")
+    b = sub.add_parser("bench", help="model speed (load, prefill, decode), --kernels or --profile")
     b.add_argument("-m", "--model", help="GGUF path or URL (default: the bundled model)")
     b.add_argument("--prompt-tokens", type=int, default=64)
     b.add_argument("--gen-tokens", type=int, default=64)
@@ -191,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--rows", type=int, default=4096, help="--kernels: weight rows (default 4096)")
     b.add_argument("--cols", type=int, default=4096, help="--kernels: weight columns (default 4096)")
     b.add_argument("--types", help="--kernels: comma-separated quant types (default: all)")
+    b.add_argument("--profile", action="store_true", help="GPU time per kernel of a decode step, and host time")
+    b.add_argument("--steps", type=int, default=16, help="--profile: decode steps measured (default 16)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(func=_bench)
 

@@ -129,9 +129,12 @@ class WebModel:
     def apply_chat_template(self, messages: Any) -> str:
         return self.model.chat_template.render(_py(messages), add_generation_prompt=True)
 
-    def bench(self, n_prompt: int = 64, n_gen: int = 64) -> Any:
-        """`realm-web bench`'s measurement, in the browser: prefill and decode tokens/s (greedy, EOS ignored)."""
-        return _js(bench_model(self.model, int(n_prompt), int(n_gen)))
+    def bench(self, n_prompt: int = 64, n_gen: int = 64, prompt: Any = None) -> Any:
+        """`realm-web bench`'s measurement, in the browser: prefill and decode tokens/s (greedy, EOS ignored).
+        `prompt`: a JS array of token ids to prefill exactly (default: bench_model's fixed prompt of `n_prompt`)."""
+        ids = _py(prompt)
+        ids = [int(i) for i in ids] if ids is not None else None
+        return _js(bench_model(self.model, int(n_prompt), int(n_gen), prompt=ids))
 
     def unload(self) -> None:
         self.model.close()

@@ -13,7 +13,7 @@ SHARED = [
     "realm_web.kernels", "realm_web.kernels.attention", "realm_web.kernels.elementwise", "realm_web.kernels.matmul",
     "realm_web.kernels.norm", "realm_web.kernels.rope", "realm_web.model", "realm_web.quants", "realm_web.sampling",
     "realm_web.source", "realm_web.tokenizer", "realm_web.transformer", "realm_web.weights", "realm_web.registry",
-    "realm_web.bench",
+    "realm_web.bench", "realm_web.profile",
 ]  # fmt: skip
 
 

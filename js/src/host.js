@@ -143,9 +143,9 @@ export class Host {
       return this._model().detokenize(Array.from(ids, Number));
     },
 
-    /** {nPrompt, nGen} -> realm-web bench's figures for this model in this browser. */
-    async bench({ nPrompt = 64, nGen = 64 }) {
-      return this._model().bench(nPrompt, nGen);
+    /** {nPrompt, nGen, promptIds?} -> realm-web bench's figures for this model in this browser. */
+    async bench({ nPrompt = 64, nGen = 64, promptIds = null }) {
+      return this._model().bench(nPrompt, nGen, promptIds == null ? null : Array.from(promptIds, Number));
     },
 
     async stats() {

@@ -6,6 +6,8 @@ export interface BenchmarkResult {
   adapter: string;
   load_s: number;
   n_prompt: number;
+  /** Seconds from submitting the prompt to having the first new token id. */
+  ttft_s: number;
   prefill_tok_s: number;
   n_gen: number;
   decode_tok_s: number;
@@ -248,8 +250,12 @@ export declare class Engine {
   /** Teacher-forced logits: one row of n_vocab scores per position of `ids`. */
   logits(ids: ArrayLike<number>): Promise<Float32Array[]>;
   runtimeStats(): Promise<RuntimeStats>;
-  /** Prefill and decode tokens/s measured as `realm-web bench` does natively (greedy, end-of-text ignored). */
-  benchmark(options?: { nPrompt?: number; nGen?: number }): Promise<BenchmarkResult>;
+  /**
+   * Prefill and decode tokens/s measured as `realm-web bench` does natively (greedy, end-of-text ignored).
+   * `promptIds`: the exact prompt token ids to prefill (`nPrompt` is then their count); without it, BOS then a
+   * fixed spread of `nPrompt` ids.
+   */
+  benchmark(options?: { nPrompt?: number; nGen?: number; promptIds?: ArrayLike<number> }): Promise<BenchmarkResult>;
   /** Free the GPU memory and stop the worker; the engine cannot be used afterwards. */
   unload(): Promise<void>;
   /** Test hook, not for apps: destroy the GPU device so later requests fail with DeviceLostError. */

@@ -185,9 +185,12 @@ export class LoadedModel {
     return this._call(this._detokenize, ids);
   }
 
-  /** `realm-web bench`'s measurement in this browser: {prefill_tok_s, decode_tok_s, n_prompt, n_gen, ...}. */
-  async bench(nPrompt, nGen) {
-    return this._call(this._bench, nPrompt, nGen);
+  /**
+   * `realm-web bench`'s measurement in this browser: {ttft_s, prefill_tok_s, decode_tok_s, n_prompt, n_gen, ...}.
+   * `promptIds` (array of token ids, or null): the exact prompt to prefill.
+   */
+  async bench(nPrompt, nGen, promptIds = null) {
+    return this._call(this._bench, nPrompt, nGen, promptIds);
   }
 
   /** Test hook: destroy the GPU device under the model (the real device-lost path). */

@@ -11,6 +11,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+# Queries one GPUQuerySet may hold: WebGPU's createQuerySet rejects count > 4096 (a fixed number, not a limit).
+MAX_QUERIES = 4096
+
 
 @dataclass(frozen=True)
 class DeviceInfo:
@@ -67,6 +70,12 @@ class Device(Protocol):
     ) -> Dispatch: ...
 
     def submit(self, dispatches: list[Dispatch]) -> None: ...
+
+    def timed_submit(self, dispatches: list[Dispatch], per_dispatch: bool = True) -> list[int] | None:
+        """Submit `dispatches` with GPU timestamps and wait for them: the nanoseconds each dispatch took, in
+        order (each in its own compute pass, which adds a pass boundary per dispatch), or with per_dispatch=False
+        one value for the whole list run as one pass, as `submit` runs it. None without "timestamp-query"."""
+        ...
 
     def destroy(self, buf: Buffer) -> None: ...
 

@@ -16,7 +16,7 @@ import js  # Pyodide's module of JS globals
 from pyodide.code import run_js
 from pyodide.ffi import JsException, run_sync, to_js
 
-from realm_web.device import DeviceInfo
+from realm_web.device import MAX_QUERIES, DeviceInfo
 from realm_web.errors import DeviceError, DeviceLostError, OutOfMemoryError
 
 # WebGPU spells the features as the WGSL enables them; only those the kernels use are requested.
@@ -89,6 +89,49 @@ _JS = r"""
     }
     pass.end();
     state.device.queue.submit([enc.finish()]);
+  },
+  async timed(state, list, perDispatch, maxQueries) {
+    // timed_submit: a timestamp pair around each pass (one per dispatch, or one for the list), read back.
+    const d = state.device;
+    const passes = perDispatch ? list.map((x) => [x]) : [list];
+    const nQ = 2 * passes.length, nSets = Math.ceil(nQ / maxQueries), bytes = 8 * nQ;
+    state.querySets ??= [];
+    while (state.querySets.length < nSets)
+      state.querySets.push(d.createQuerySet({ type: "timestamp", count: maxQueries, label: "timing" }));
+    if (!state.resolve || state.resolve.size < bytes) {
+      state.resolve?.destroy();
+      state.resolveRead?.destroy();
+      const u = GPUBufferUsage;
+      state.resolve = d.createBuffer({ size: bytes, usage: u.QUERY_RESOLVE | u.COPY_SRC, label: "timing" });
+      state.resolveRead = d.createBuffer({ size: bytes, usage: u.MAP_READ | u.COPY_DST, label: "timing.read" });
+    }
+    const enc = d.createCommandEncoder();
+    passes.forEach((group, i) => {
+      const q = Math.floor((2 * i) / maxQueries), j = (2 * i) % maxQueries;
+      const pass = enc.beginComputePass({ timestampWrites: {
+        querySet: state.querySets[q], beginningOfPassWriteIndex: j, endOfPassWriteIndex: j + 1 } });
+      for (const x of group) {
+        pass.setPipeline(x[0]);
+        pass.setBindGroup(0, x[1]);
+        pass.dispatchWorkgroups(x[2], x[3], x[4]);
+      }
+      pass.end();
+    });
+    for (let q = 0; q < nSets; q++)
+      enc.resolveQuerySet(state.querySets[q], 0, Math.min(maxQueries, nQ - q * maxQueries), state.resolve,
+                          8 * q * maxQueries);
+    enc.copyBufferToBuffer(state.resolve, 0, state.resolveRead, 0, bytes);
+    d.queue.submit([enc.finish()]);
+    try {
+      await state.resolveRead.mapAsync(GPUMapMode.READ, 0, bytes);
+    } catch (e) {
+      return state.lost ? null : String(e.message || e);
+    }
+    const t = new BigUint64Array(state.resolveRead.getMappedRange(0, bytes).slice(0));
+    state.resolveRead.unmap();
+    const out = [];
+    for (let k = 0; k < nQ; k += 2) out.push(t[k + 1] > t[k] ? Number(t[k + 1] - t[k]) : 0);
+    return out;
   },
   write(state, buf, offset, bytes) {
     state.device.queue.writeBuffer(buf, offset, bytes);
@@ -269,13 +312,36 @@ class BrowserDevice:
         bg = self._js.bindGroup(self.state, pipe, name, to_js(flat))
         return BrowserDispatch(name, tuple(groups), to_js([pipe, bg, *groups]))
 
-    def submit(self, dispatches: list[BrowserDispatch]) -> None:
-        """Submit the dispatches as one compute pass. The JS array for a list is built once and replayed."""
+    def _js_list(self, dispatches: list[BrowserDispatch]) -> Any:
+        """The JS array of a list of dispatches, built once per list and replayed (the Python list is kept so
+        that the ids in the key stay those of live objects)."""
         key = tuple(map(id, dispatches))
         hit = self._lists.get(key)
         if hit is None:
             hit = self._lists[key] = (list(dispatches), to_js([d.js for d in dispatches]))
-        self._js.encode(self.state, hit[1])
+        return hit[1]
+
+    def submit(self, dispatches: list[BrowserDispatch]) -> None:
+        """Submit the dispatches as one compute pass."""
+        self._js.encode(self.state, self._js_list(dispatches))
+
+    def timed_submit(self, dispatches: list[BrowserDispatch], per_dispatch: bool = True) -> list[int] | None:
+        """As the native device's: GPU nanoseconds per pass, None without "timestamp-query" (browsers may also
+        quantize timestamps against timing attacks; Chromium on SwiftShader here gives them unrounded)."""
+        if not self.info.timestamps:
+            return None
+        if not dispatches:
+            return []
+        lst = self._js_list(dispatches)
+        try:
+            res = run_sync(self._js.timed(self.state, lst, per_dispatch, MAX_QUERIES))
+        except JsException as e:
+            self._check("timing dispatches")
+            raise DeviceError(f"timing dispatches failed: {e}") from e
+        self._check("timing dispatches")
+        if res is None or isinstance(res, str):
+            raise DeviceError(f"timing dispatches failed: {res}")
+        return [int(v) for v in res.to_py()]
 
     def lose(self) -> None:
         """Destroy the GPUDevice under the engine (tests of the device-lost path)."""

@@ -6,12 +6,13 @@ The only module that imports wgpu. See `realm_web.device` for the interface it i
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 import wgpu
 
-from realm_web.device import DeviceInfo
+from realm_web.device import MAX_QUERIES, DeviceInfo
 from realm_web.errors import DeviceError
 
 # Optional features used when the adapter has them. wgpu-py spells the WebGPU "subgroups" feature "subgroup".
@@ -32,6 +33,35 @@ class NativeDispatch:
     bind_group: Any
     groups: tuple[int, int, int]
 
+    def __post_init__(self) -> None:
+        # the C handles, for _encode_raw (the Python objects above keep them alive)
+        self.raw = (self.pipeline._internal, self.bind_group._internal, *self.groups)
+
+
+# Encoding a decode step is a few hundred dispatches, replayed every token. wgpu-py's pass methods check their
+# arguments and wrap every C call in an error check (~12 µs a dispatch, 4 ms a step for a 22-layer model); the
+# dispatches were validated when built, so a step's commands go straight to wgpu-native's C functions. Errors
+# still surface: wgpu-native reports them at the pass's end / the submission, which go through wgpu-py.
+try:
+    from wgpu.backends.wgpu_native._ffi import ffi as _ffi
+    from wgpu.backends.wgpu_native._ffi import lib as _RAW
+except ImportError:  # another wgpu-py layout: use the public API
+    _RAW = None
+
+
+def _encode_raw(cpass: Any, dispatches: list[NativeDispatch]) -> None:
+    set_pipeline = _RAW.wgpuComputePassEncoderSetPipeline
+    set_bind_group = _RAW.wgpuComputePassEncoderSetBindGroup
+    dispatch = _RAW.wgpuComputePassEncoderDispatchWorkgroups
+    null, last = _ffi.NULL, None
+    for d in dispatches:
+        pipe, bg, gx, gy, gz = d.raw
+        if pipe != last:
+            set_pipeline(cpass, pipe)
+            last = pipe
+        set_bind_group(cpass, 0, bg, 0, null)
+        dispatch(cpass, gx, gy, gz)
+
 
 class NativeDevice:
     def __init__(self, adapter: Any, device: Any, info: DeviceInfo):
@@ -41,6 +71,8 @@ class NativeDevice:
         self._modules: dict[str, Any] = {}
         self._pipelines: dict[tuple, Any] = {}
         self._buffers: list[NativeBuffer] = []
+        self._query_sets: list[Any] = []  # timestamp query sets of MAX_QUERIES each, made on first use
+        self._resolve: Any = None  # QUERY_RESOLVE buffer the timestamps land in, grown on demand
 
     @classmethod
     def create(
@@ -132,6 +164,12 @@ class NativeDevice:
         for b in self._buffers:
             b.handle.destroy()
         self._buffers.clear()
+        for q in self._query_sets:
+            q.destroy()
+        self._query_sets.clear()
+        if self._resolve is not None:
+            self._resolve.destroy()
+            self._resolve = None
         self._pipelines.clear()
         self._modules.clear()
 
@@ -178,9 +216,60 @@ class NativeDevice:
         """Record the dispatches into one compute pass and submit them as one command buffer."""
         enc = self.device.create_command_encoder()
         cp = enc.begin_compute_pass()
-        for d in dispatches:
-            cp.set_pipeline(d.pipeline)
-            cp.set_bind_group(0, d.bind_group)
-            cp.dispatch_workgroups(*d.groups)
+        if _RAW is None:
+            for d in dispatches:
+                cp.set_pipeline(d.pipeline)
+                cp.set_bind_group(0, d.bind_group)
+                cp.dispatch_workgroups(*d.groups)
+        else:
+            _encode_raw(cp._internal, dispatches)
         cp.end()
         self.device.queue.submit([enc.finish()])
+
+    # -- timing --------------------------------------------------------------------------------------------
+    def timed_submit(self, dispatches: list[NativeDispatch], per_dispatch: bool = True) -> list[int] | None:
+        """Submit with a timestamp pair around each compute pass (one pass per dispatch, or one for the whole
+        list) and wait: GPU nanoseconds per pass, in order. None when the device has no "timestamp-query"."""
+        if not self.info.timestamps:
+            return None
+        if not dispatches:
+            return []
+        passes = [[d] for d in dispatches] if per_dispatch else [list(dispatches)]
+        n_q = 2 * len(passes)
+        n_sets = -(-n_q // MAX_QUERIES)
+        while len(self._query_sets) < n_sets:
+            self._query_sets.append(self.device.create_query_set(type="timestamp", count=MAX_QUERIES, label="timing"))
+        if self._resolve is None or self._resolve.size < 8 * n_q:
+            if self._resolve is not None:
+                self._resolve.destroy()
+            u = wgpu.BufferUsage
+            self._resolve = self.device.create_buffer(size=8 * n_q, usage=u.QUERY_RESOLVE | u.COPY_SRC, label="timing")
+        enc = self.device.create_command_encoder()
+        for i, group in enumerate(passes):
+            q, j = divmod(2 * i, MAX_QUERIES)
+            writes = {"query_set": self._query_sets[q], "beginning_of_pass_write_index": j,
+                      "end_of_pass_write_index": j + 1}  # fmt: skip
+            cp = enc.begin_compute_pass(timestamp_writes=writes)
+            for d in group:
+                cp.set_pipeline(d.pipeline)
+                cp.set_bind_group(0, d.bind_group)
+                cp.dispatch_workgroups(*d.groups)
+            cp.end()
+        for q in range(n_sets):  # each set lands at a multiple of 32 KiB: the 256-byte resolve alignment holds
+            count = min(MAX_QUERIES, n_q - q * MAX_QUERIES)
+            enc.resolve_query_set(self._query_sets[q], 0, count, self._resolve, 8 * q * MAX_QUERIES)
+        self.device.queue.submit([enc.finish()])
+        ticks = struct.unpack(f"<{n_q}Q", bytes(self.device.queue.read_buffer(self._resolve, 0, 8 * n_q)))
+        period = self._timestamp_period()
+        return [max(0, round((ticks[k + 1] - ticks[k]) * period)) for k in range(0, n_q, 2)]
+
+    def _timestamp_period(self) -> float:
+        """Nanoseconds per timestamp tick. WebGPU resolves nanoseconds, but wgpu-native resolves raw ticks
+        unless the instance normalizes them (wgpu.h, WGPUInstanceFlag_AutomaticTimestampNormalization), and
+        wgpu-py 0.32 wraps no getter: ask the C API directly (1.0 on lavapipe and on NVIDIA)."""
+        try:
+            from wgpu.backends.wgpu_native._api import libf
+
+            return float(libf.wgpuQueueGetTimestampPeriod(self.device.queue._internal))
+        except Exception:  # another backend or a later wgpu-py without it: assume nanoseconds
+            return 1.0

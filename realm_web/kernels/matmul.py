@@ -13,6 +13,10 @@ from realm_web.weights import Weight
 
 UNIT = 32  # elements per dequantize_unit call (every type's snippet)
 MATMUL_TN = 8  # tokens per matmul workgroup (const TN in matmul.wgsl.j2)
+# rows per invocation of matvec_rows for types with a fused dot_block (const ROWS in their quant snippet)
+ROWS_PER_INVOCATION = {"Q4_0": 4, "Q4_K": 4, "Q6_K": 4, "Q8_0": 4}
+# ... whose dot_block reads block pairs, word-aligned only when K is a multiple of this (else: the workgroup kernel)
+ROWS_K_MULTIPLE = {"Q4_0": 64, "Q8_0": 64}
 
 
 def _ceil4(n: int) -> int:
@@ -45,12 +49,14 @@ def matvec(
         raise ValueError(f"matvec input stride {x_stride} and offset {x_offset} must be multiples of 4")
     y_stride = w.n_rows if y_stride is None else y_stride
     rows = dev.info.adapter_type == "CPU" if rows is None else rows
+    rows = rows and w.row_elems % ROWS_K_MULTIPLE.get(w.type.name, 1) == 0
     sg = dev.info.subgroups and not rows
     name = f"matvec{'_rows' if rows else ''}_{w.type.name.lower()}{'_sg' if sg else ''}"
     wg = pow2_at_most(64, dev.info.max_invocations)
+    per_lane = ROWS_PER_INVOCATION.get(w.type.name, 1) if rows else 1
     out = []
     for part in w.parts:
-        gx, gy = fold(-(-part.n_rows // wg) if rows else part.n_rows, dev.info.max_workgroups_per_dim)
+        gx, gy = fold(-(-part.n_rows // (wg * per_lane)) if rows else part.n_rows, dev.info.max_workgroups_per_dim)
         params = u32s(w.row_elems, part.n_rows, w.row_bytes, _units(w), x_stride, y_stride,
                       y_col + part.row_begin, gx, x_offset)  # fmt: skip
         out.append(build(dev, name, params, [part.buffer, x, y], (gx, gy, n_vec), {"WG": wg}))

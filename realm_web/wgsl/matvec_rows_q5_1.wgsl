@@ -121,11 +121,11 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let xb = (p.x_offset + wid.z * p.x_stride) / 4u;
     let row = (wid.x + wid.y * p.groups_x) * WG + t;
     if (row >= p.n_rows) {
         return;
     }
-    let xb = (p.x_offset + wid.z * p.x_stride) / 4u;
     let base = row * p.row_bytes;
     var acc = vec4<f32>(0.0);
     for (var u = 0u; u < p.n_units; u++) {

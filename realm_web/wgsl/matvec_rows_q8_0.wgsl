@@ -113,22 +113,87 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
     return v;
 }
 
+// Decode's fused form (matvec_rows): a pair of blocks (68 bytes = 17 words, word-aligned as rows are when
+// K % 64 == 0; the host uses the workgroup kernel otherwise) of ROWS rows (byte offsets `bases`), dotted
+// with x's 64 elements at vec4 `xv`. Words 0..8 hold d0 (low half of word 0) and q0 shifted by 16 bits;
+// word 8's high half is d1, words 9..16 are q1. The signed quants are read as unpack4x8unorm(q ^ 0x80) =
+// (q + 128) / 255: d * sum(q x) = d * (255 * sum(u x) - 128 * sum(x)).
+const BLOCK_UNITS: u32 = 2u;
+const ROWS: u32 = 4u;
+
+fn dot_block(bases: vec4<u32>, blk: u32, xv: u32) -> vec4<f32> {
+    let a = (bases + vec4<u32>(blk * (2u * BLOCK_BYTES))) >> vec4<u32>(2u);
+    var x0 = vec4<f32>(0.0);
+    var x1 = vec4<f32>(0.0);
+    var p0 = w[a[0]];
+    let d0 = unpack2x16float(p0).x;
+    var s00 = vec4<f32>(0.0);
+    var s01 = vec4<f32>(0.0);
+    var p1 = w[a[1]];
+    let d1 = unpack2x16float(p1).x;
+    var s10 = vec4<f32>(0.0);
+    var s11 = vec4<f32>(0.0);
+    var p2 = w[a[2]];
+    let d2 = unpack2x16float(p2).x;
+    var s20 = vec4<f32>(0.0);
+    var s21 = vec4<f32>(0.0);
+    var p3 = w[a[3]];
+    let d3 = unpack2x16float(p3).x;
+    var s30 = vec4<f32>(0.0);
+    var s31 = vec4<f32>(0.0);
+    for (var i = 0u; i < 8u; i++) {
+        let xa = x[xv + i];
+        let xb = x[xv + 8u + i];
+        x0 += xa;
+        x1 += xb;
+        let n0 = w[a[0] + 1u + i];
+        s00 += unpack4x8unorm(((p0 >> 16u) | (n0 << 16u)) ^ 0x80808080u) * xa;
+        s01 += unpack4x8unorm(w[a[0] + 9u + i] ^ 0x80808080u) * xb;
+        p0 = n0;
+        let n1 = w[a[1] + 1u + i];
+        s10 += unpack4x8unorm(((p1 >> 16u) | (n1 << 16u)) ^ 0x80808080u) * xa;
+        s11 += unpack4x8unorm(w[a[1] + 9u + i] ^ 0x80808080u) * xb;
+        p1 = n1;
+        let n2 = w[a[2] + 1u + i];
+        s20 += unpack4x8unorm(((p2 >> 16u) | (n2 << 16u)) ^ 0x80808080u) * xa;
+        s21 += unpack4x8unorm(w[a[2] + 9u + i] ^ 0x80808080u) * xb;
+        p2 = n2;
+        let n3 = w[a[3] + 1u + i];
+        s30 += unpack4x8unorm(((p3 >> 16u) | (n3 << 16u)) ^ 0x80808080u) * xa;
+        s31 += unpack4x8unorm(w[a[3] + 9u + i] ^ 0x80808080u) * xb;
+        p3 = n3;
+    }
+    let one = vec4<f32>(1.0);
+    let sx = vec2<f32>(dot(x0, one), dot(x1, one)) * 128.0;
+    return vec4<f32>(
+        dot(vec2<f32>(d0, unpack2x16float(p0).y),
+            vec2<f32>(dot(s00, one), dot(s01, one)) * 255.0 - sx),
+        dot(vec2<f32>(d1, unpack2x16float(p1).y),
+            vec2<f32>(dot(s10, one), dot(s11, one)) * 255.0 - sx),
+        dot(vec2<f32>(d2, unpack2x16float(p2).y),
+            vec2<f32>(dot(s20, one), dot(s21, one)) * 255.0 - sx),
+        dot(vec2<f32>(d3, unpack2x16float(p3).y),
+            vec2<f32>(dot(s30, one), dot(s31, one)) * 255.0 - sx)
+    );
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let row = (wid.x + wid.y * p.groups_x) * WG + t;
-    if (row >= p.n_rows) {
+    let xb = (p.x_offset + wid.z * p.x_stride) / 4u;
+    // ROWS consecutive rows per invocation: each load of x (a per-lane gather on CPU adapters, even at an
+    // address all lanes share) serves ROWS rows
+    let r0 = ((wid.x + wid.y * p.groups_x) * WG + t) * ROWS;
+    if (r0 >= p.n_rows) {
         return;
     }
-    let xb = (p.x_offset + wid.z * p.x_stride) / 4u;
-    let base = row * p.row_bytes;
+    let rows = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n_rows - 1u));
+    let bases = rows * p.row_bytes;
     var acc = vec4<f32>(0.0);
-    for (var u = 0u; u < p.n_units; u++) {
-        let v = dequant_unit(base, u, p.K);
-        for (var j = 0u; j < UNIT / 4u; j++) {
-            let wv = vec4<f32>(v[4u * j], v[4u * j + 1u], v[4u * j + 2u], v[4u * j + 3u]);
-            let xv = x[xb + u * (UNIT / 4u) + j];
-            acc += wv * xv;
-        }
+    for (var blk = 0u; blk < p.n_units / BLOCK_UNITS; blk++) {
+        acc += dot_block(bases, blk, xb + blk * (BLOCK_UNITS * UNIT / 4u));
     }
-    y[wid.z * p.y_stride + p.y_offset + row] = acc.x + acc.y + acc.z + acc.w;
+    let yb = wid.z * p.y_stride + p.y_offset;
+    for (var r = 0u; r < min(ROWS, p.n_rows - r0); r++) {
+        y[yb + r0 + r] = acc[r];
+    }
 }

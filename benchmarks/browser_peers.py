@@ -1,0 +1,287 @@
+"""The browser half of the side-by-side benchmark: realm_web's JS SDK and wllama, in headless Chromium.
+
+    .venv/bin/python benchmarks/browser_peers.py [-m MODEL.gguf] [--prompt 64] [--gen 32] [--chromium PATH]
+
+Both engines get the same GGUF file (served from 127.0.0.1) and the same prompt token ids, and are measured as
+`common` defines: load_s from the engine's create/load call to ready (the download from the local server, the
+browser-cache copy and any hashing included), ttft_s from submitting the prompt to having the first new token
+id on the page, prefill_tok_s = n_prompt / ttft_s, decode_tok_s = n_gen one-token greedy steps (EOS ignored) ÷
+their time. Each engine gets its own fresh headless Chromium (a new profile, so nothing is cached), and
+peak_rss_mb is the peak over load and benchmark of the summed proportional set size (PSS) of that Chromium's
+processes (browser, GPU, renderer, workers), so pages they share count once.
+
+realm_browser: realm_web's SDK (`createEngine` with the server's registry, then `engine.benchmark({promptIds,
+nGen})`, which runs realm_web.bench.bench_model under Pyodide on the browser's WebGPU adapter; SwiftShader
+without a GPU). Its timings are taken inside the engine's worker, around the prefill and decode calls.
+
+wllama: `@wllama/wllama` (llama.cpp compiled to wasm; CPU; pinned in benchmarks/web/package.json, installed
+with `npm ci` on first use), multithreaded with os.cpu_count() threads: the harness page is served
+cross-origin isolated (COOP/COEP), which SharedArrayBuffer and so wasm threads need. Version 2.x, because its
+low-level API takes token ids (decode, samplingSample, samplingAccept); wllama 3.x only takes text prompts (its
+llama.cpp server loop rejects a prompt of ids: "type must be string, but is array"). The page times prefill
+(decode of the ids, then sampling the first token) and each decode step itself (benchmarks/web/wllama_bench.js).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+if __package__:
+    from .common import PeakRSS, Unavailable, _procs, bench_prompt, descendants
+else:  # run as a script, or imported with benchmarks/ on sys.path
+    from common import PeakRSS, Unavailable, _procs, bench_prompt, descendants  # type: ignore[no-redef]
+
+WEB = Path(__file__).resolve().parent / "web"
+WLLAMA_PKG = WEB / "node_modules" / "@wllama" / "wllama"
+WLLAMA_MAX_BYTES = 2**31 - 1  # wllama README: one file must fit an ArrayBuffer (2 GB); bigger needs splitting
+BASE_ARGS = [
+    "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-first-run", "--disable-quic", "--disable-default-apps", "--disable-extensions", "--enable-unsafe-webgpu",
+]  # fmt: skip
+TIMEOUT_MS = 3 * 3600 * 1000  # SwiftShader and wasm are slow: a 1B model can decode well under 1 token/s
+ISOLATION = {  # cross-origin isolation, which SharedArrayBuffer (wasm threads) needs
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+def n_ctx_for(n_prompt: int, n_gen: int) -> int:
+    """The context both engines allocate: prompt + generated tokens + 16, rounded up to a multiple of 256."""
+    return -(-(n_prompt + n_gen + 16) // 256) * 256
+
+
+def _chromium_pid(before: set[int]) -> int:
+    """The main process of the Chromium Playwright just launched: a new `chromium` process below this one whose
+    parent is not Chromium (the others are its GPU, renderer, utility and zygote processes)."""
+    procs = _procs()
+    mine = [p for p in descendants(os.getpid(), procs) if p not in before and p in procs]
+    roots = [p for p in mine if procs[p][2].startswith("chromium") and not procs[procs[p][0]][2].startswith("chromium")]
+    if not roots:
+        raise Unavailable("could not find the launched Chromium's process under this one (needed for peak memory)")
+    return max(roots)
+
+
+class _Browser:
+    """A fresh headless Chromium (own profile) and one page; `.pid` is its main process for PeakRSS."""
+
+    def __init__(self, chromium: str):
+        self.chromium = chromium
+        self.console: list[str] = []
+
+    def __enter__(self) -> _Browser:
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError as e:
+            raise Unavailable(f"Python Playwright is not installed: {e}") from None
+        if not Path(self.chromium).is_file():
+            raise Unavailable(f"no Chromium at {self.chromium}")
+        before = set(descendants(os.getpid()))
+        self._pw = sync_playwright().start()
+        try:
+            self.browser = self._pw.chromium.launch(executable_path=self.chromium, args=BASE_ARGS)
+        except Exception as e:
+            self._pw.stop()
+            raise Unavailable(f"Chromium did not start: {str(e).splitlines()[0]}") from None
+        self.pid = _chromium_pid(before)
+        self.page = self.browser.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
+        self.page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+        return self
+
+    def evaluate(self, what: str, script: str, arg: object) -> dict:
+        """Run `script` on the page; a JS error or a crash becomes Unavailable naming `what`."""
+        from playwright.sync_api import Error
+
+        try:
+            return self.page.evaluate(script, arg)
+        except Error as e:
+            tail = "\n".join(self.console[-10:])
+            raise Unavailable(
+                f"{what} failed in Chromium: {e.message.strip()}" + (f"\n{tail}" if tail else "")
+            ) from None
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.browser.close()
+        finally:
+            self._pw.stop()
+
+
+def _read_model(gguf: str) -> dict:
+    """What the CLI's prompt needs from the file: the vocabulary size and the BOS id."""
+    from realm_web.gguf import open_gguf
+
+    md = open_gguf(gguf).metadata
+    return {"n_vocab": len(md.get("tokenizer.ggml.tokens") or ()), "bos": md.get("tokenizer.ggml.bos_token_id")}
+
+
+def _result(engine: str, r: dict, n_prompt: int, n_gen: int, peak_mb: float, adapter: str, notes: str) -> dict:
+    ttft, decode_s = r["ttft_s"], r["decode_s"]
+    return {
+        "engine": engine,
+        "load_s": r["load_s"],
+        "ttft_s": ttft,
+        "prefill_tok_s": n_prompt / ttft,
+        "decode_tok_s": n_gen / decode_s,
+        "peak_rss_mb": peak_mb,
+        "n_prompt": n_prompt,
+        "n_gen": n_gen,
+        "adapter": adapter,
+        "notes": notes,
+    }
+
+
+# -- realm_web in the browser -----------------------------------------------------------------------------------
+
+_REALM_JS = """async ([id, promptIds, nGen, nCtx]) => {
+    const sdk = await import('/js/index.js');
+    const models = await (await fetch('/models/registry.json')).json();
+    const t0 = performance.now();
+    const engine = await sdk.createEngine(id, { appConfig: { models, n_ctx: nCtx } });
+    const load_s = (performance.now() - t0) / 1000;
+    const stats = await engine.runtimeStats();
+    const r = await engine.benchmark({ promptIds, nGen });
+    await engine.unload();
+    return { ...r, load_s, load: stats.load };
+}"""
+
+
+def realm_browser(gguf: str, prompt: list[int], n_gen: int, *, chromium: str = "/usr/bin/chromium") -> dict:
+    """realm_web's JS SDK in headless Chromium (WebGPU): load from the local server, then engine.benchmark with
+    the exact prompt ids. ttft_s and decode times come from realm_web.bench.bench_model inside the engine."""
+    from realm_web.errors import RealmError
+    from realm_web.serve import make_server, start_in_thread
+
+    try:
+        srv = make_server("127.0.0.1", 0, models=[gguf], bundled=False)
+    except RealmError as e:
+        raise Unavailable(f"realm_web cannot serve {gguf}: {e}") from None
+    record = srv.registry[0]
+    if record.get("error"):
+        srv.server_close()
+        raise Unavailable(f"realm_web cannot run {Path(gguf).name}: {record['error']}")
+    start_in_thread(srv)
+    try:
+        with _Browser(chromium) as b, PeakRSS(b.pid, interval=0.1, pss=True) as mem:
+            b.page.goto(srv.url + "runtime/manifest.json")
+            n_ctx = n_ctx_for(len(prompt), n_gen)
+            r = b.evaluate("realm_web", _REALM_JS, [record["id"], list(prompt), n_gen, n_ctx])
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    if r["n_prompt"] != len(prompt) or r["n_gen"] != n_gen:
+        raise Unavailable(f"realm_web measured {r['n_prompt']}+{r['n_gen']} tokens, not {len(prompt)}+{n_gen}")
+    r["decode_s"] = n_gen / r["decode_tok_s"]
+    ld = r.get("load") or {}
+    secs = {k: ld.get(f"{k}Ms", 0) / 1e3 for k in ("download", "runtime", "upload")}
+    notes = f"WebGPU via Pyodide; n_ctx {n_ctx}; load: source {ld.get('source')}, " + ", ".join(
+        f"{k} {v:.2f} s" for k, v in secs.items()
+    )
+    return _result("realm_web (browser)", r, len(prompt), n_gen, mem.peak_mb, r["adapter"], notes)
+
+
+# -- wllama -----------------------------------------------------------------------------------------------------
+
+
+def _install_wllama() -> str:
+    """Install benchmarks/web's pinned packages (npm ci) when missing; the installed wllama version."""
+    import subprocess
+
+    if not (WLLAMA_PKG / "package.json").is_file():
+        try:
+            p = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB, capture_output=True, text=True,
+                               timeout=600)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise Unavailable(f"npm ci in {WEB} failed: {e}") from None
+        if p.returncode != 0 or not (WLLAMA_PKG / "package.json").is_file():
+            err = (p.stderr or p.stdout).strip().splitlines()[-5:]
+            raise Unavailable(f"npm ci in {WEB} failed (exit {p.returncode}): " + " | ".join(err))
+    return json.loads((WLLAMA_PKG / "package.json").read_text())["version"]
+
+
+def _wllama_server(gguf: str):
+    """A server on 127.0.0.1 for the harness (benchmarks/web/, cross-origin isolated) and /models/NAME (Range)."""
+    from realm_web.serve import Handler, RealmServer, start_in_thread
+
+    class IsolatedHandler(Handler):
+        def end_headers(self) -> None:
+            for k, v in ISOLATION.items():
+                self.send_header(k, v)
+            super().end_headers()
+
+    path = Path(gguf).resolve()
+    srv = RealmServer(("127.0.0.1", 0), IsolatedHandler, mounts={"/": WEB.resolve()}, models={path.name: path},
+                      registry=[], quiet=True)  # fmt: skip
+    start_in_thread(srv)
+    return srv, f"{srv.url}models/{path.name}"
+
+
+_WLLAMA_JS = """async (args) => {
+    if (!self.crossOriginIsolated && args.nThreads > 1) throw new Error('the page is not cross-origin isolated');
+    return (await import('/wllama_bench.js')).run(args);
+}"""
+
+
+def wllama(gguf: str, prompt: list[int], n_gen: int, *, chromium: str = "/usr/bin/chromium") -> dict:
+    """wllama (llama.cpp in wasm, CPU, os.cpu_count() threads) in headless Chromium: loadModelFromUrl from the
+    local server, then its low-level API (decode, samplingSample, samplingAccept) on the exact prompt ids, greedy,
+    timed on the page (benchmarks/web/wllama_bench.js)."""
+    size = Path(gguf).stat().st_size
+    if size > WLLAMA_MAX_BYTES:
+        raise Unavailable(f"{Path(gguf).name} is {size / 2**30:.2f} GiB: wllama loads one file only up to 2 GB "
+                          "(ArrayBuffer limit); the model would have to be split with llama-gguf-split")  # fmt: skip
+    version = _install_wllama()
+    n_threads = os.cpu_count() or 1
+    n_ctx = n_ctx_for(len(prompt), n_gen)
+    srv, model_url = _wllama_server(gguf)
+    try:
+        with _Browser(chromium) as b, PeakRSS(b.pid, interval=0.1, pss=True) as mem:
+            b.page.goto(srv.url + "wllama.html")
+            args = {"modelUrl": model_url, "prompt": list(prompt), "nGen": n_gen, "nCtx": n_ctx, "nThreads": n_threads}
+            r = b.evaluate("wllama", _WLLAMA_JS, args)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    if len(r["ids"]) != n_gen + 1:
+        raise Unavailable(f"wllama produced {len(r['ids'])} tokens, not {n_gen + 1}")
+    threads = r["threads"] if r["multithread"] else 1
+    adapter = f"wasm (llama.cpp {r['libllama']}), {threads} thread{'s' * (threads != 1)}"
+    notes = f"wllama {version}, CPU, n_ctx {r['n_ctx']}, cross-origin isolated: {r['cross_origin_isolated']}"
+    return _result("wllama", r, len(prompt), n_gen, mem.peak_mb, adapter, notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from realm_web.cli import bundled_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-m", "--model", default=bundled_model())
+    ap.add_argument("--prompt", type=int, default=64, help="prompt length in tokens (common.bench_prompt)")
+    ap.add_argument("--gen", type=int, default=32, help="decode steps after the first token")
+    ap.add_argument("--chromium", default=os.environ.get("REALM_WEB_CHROMIUM", "/usr/bin/chromium"))
+    a = ap.parse_args(argv)
+    info = _read_model(a.model)
+    prompt = bench_prompt(a.prompt, info["n_vocab"], info["bos"])
+    out = {}
+    for name, fn in (("realm_browser", realm_browser), ("wllama", wllama)):
+        t0 = time.perf_counter()
+        try:
+            out[name] = fn(a.model, prompt, a.gen, chromium=a.chromium)
+        except Unavailable as e:
+            out[name] = {"unavailable": str(e)}
+        out[name]["wall_s"] = time.perf_counter() - t0
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

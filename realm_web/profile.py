@@ -1,0 +1,147 @@
+"""Where a decode step's time goes (`realm-web bench --profile`): GPU time per kernel from WebGPU timestamp
+queries, the whole step's GPU time, and the host's share of the wall time. Pure Python: runs in the browser too.
+
+A decode step is what generation replays per token: write the position, submit the recorded one-token step plus
+the sampler (which leaves the next id in `transformer.ids`), read the 4-byte id back. Three ways of running it
+are measured over the same positions:
+- plain, as `Model._decode_one` runs it: wall time, split at the return of the submit into host time
+  (checks, packing, encoding, submission) and the wait for the id;
+- one compute pass with a timestamp at its beginning and end: the GPU time of the step as generation runs it;
+- one pass per dispatch, each with its timestamps: GPU time per kernel. Pass boundaries cost time of their
+  own (barriers, timestamp writes), so these add up to more than the one-pass step; both totals are shown.
+"""
+
+from __future__ import annotations
+
+import statistics
+import struct
+import time
+from typing import Any
+
+from realm_web.sampling import SamplingParams
+
+
+def _decode_plain(model: Any, pos: int) -> tuple[float, float]:
+    """One decode step as generation runs it: (seconds until the submission returned, seconds waiting for the id)."""
+    t0 = time.perf_counter()
+    model.transformer.run(None, [pos], [0], extra=[model.sampler.dispatch])
+    t1 = time.perf_counter()
+    model._read_sampled()
+    return t1 - t0, time.perf_counter() - t1
+
+
+def _decode_timed(model: Any, pos: int, per_dispatch: bool) -> list[int] | None:
+    """One decode step with GPU timestamps (see Device.timed_submit); the sampled id lands in transformer.ids."""
+    t = model.transformer
+    model.device.write(t.tok, struct.pack("<2I", pos, 0))  # (position, sequence slot) as Transformer.run packs it
+    return model.device.timed_submit(t.step(1).dispatches + [model.sampler.dispatch], per_dispatch=per_dispatch)
+
+
+def profile_decode(model: Any, n_steps: int = 16, n_prompt: int = 32, warmup: int = 2) -> dict:
+    """Profile `n_steps` decode steps after an `n_prompt`-token prompt (BOS and a fixed spread of ids, greedy).
+    Each way of running the step (see the module docstring) runs over the same positions after `warmup` steps.
+    Step figures are medians over the steps; per-kernel figures are means (so that they add up). Times in µs.
+    The model's KV cache is left with these positions filled: the next generate() prefills over them."""
+    dev, t, cfg = model.device, model.transformer, model.config
+    n_steps = max(1, n_steps)
+    n_prompt = max(1, min(n_prompt, model.n_ctx - n_steps - warmup - 1))
+    bos = model.tokenizer.bos_id or 0
+    prompt = [bos] + [(7 * i + 11) % cfg.n_vocab for i in range(n_prompt - 1)]
+    model.sampler.reset(SamplingParams(temperature=0))
+    model._prefill(prompt)
+    first = n_prompt + warmup
+    positions = range(first, first + n_steps)
+    for pos in range(n_prompt, first):  # pipelines, the recorded step, query sets
+        _decode_plain(model, pos)
+        _decode_timed(model, pos, False)
+        _decode_timed(model, pos, True)
+
+    host, wait = [], []
+    for pos in positions:
+        h, w = _decode_plain(model, pos)
+        host.append(h)
+        wait.append(w)
+    wall = [h + w for h, w in zip(host, wait, strict=True)]
+
+    names = [d.name for d in t.step(1).dispatches] + [model.sampler.dispatch.name]
+    calls: dict[str, int] = {}
+    for n in names:
+        calls[n] = calls.get(n, 0) + 1
+
+    gpu_step: float | None = None
+    per_kernel: dict[str, float] = {}
+    if dev.info.timestamps:
+        gpu_step = statistics.median(_decode_timed(model, pos, False)[0] for pos in positions) / 1e3
+        sums = dict.fromkeys(calls, 0)
+        for pos in positions:
+            for n, ns in zip(names, _decode_timed(model, pos, True), strict=True):
+                sums[n] += ns
+        per_kernel = {n: s / n_steps / 1e3 for n, s in sums.items()}
+    split_total = sum(per_kernel.values()) if per_kernel else None
+
+    kernels = [
+        {"name": n, "calls": c, "us": per_kernel.get(n),
+         "pct": 100 * per_kernel[n] / split_total if split_total else None}
+        for n, c in calls.items()
+    ]  # fmt: skip
+    kernels.sort(key=lambda k: (-(k["us"] or 0), -k["calls"], k["name"]))
+    wall_us = statistics.median(wall) * 1e6
+    i = dev.info
+    return {
+        "model": model.gguf.metadata.get("general.name") or "?",
+        "adapter": i.name,
+        "backend": i.backend,
+        "adapter_type": i.adapter_type,
+        "timestamps": i.timestamps,
+        "n_layer": cfg.n_layer,
+        "n_prompt": n_prompt,
+        "n_steps": n_steps,
+        "positions": [positions[0], positions[-1]],
+        "dispatches_per_step": len(names),
+        "wall_us": wall_us,  # plain step, as generation runs it
+        "host_submit_us": statistics.median(host) * 1e6,  # step start until the submission returned
+        "wait_us": statistics.median(wait) * 1e6,  # submission returned until the id was on the host
+        "gpu_step_us": gpu_step,  # the step as one compute pass
+        "gpu_split_us": split_total,  # sum of the per-dispatch times (one pass each)
+        "host_outside_gpu_us": None if gpu_step is None else wall_us - gpu_step,  # wall − one-pass GPU step
+        "kernels": kernels,
+    }
+
+
+def format_profile(r: dict) -> str:
+    """A text table of profile_decode's report."""
+    lines = [
+        f"adapter  {r['adapter']} ({r['backend']}, {r['adapter_type']})",
+        f"model    {r['model']}: {r['n_layer']} layers; {r['dispatches_per_step']} dispatches per decode step; "
+        f"{r['n_steps']} steps at positions {r['positions'][0]}..{r['positions'][1]}",
+        "",
+    ]
+    ts = r["timestamps"]
+    if ts:
+        lines.append("GPU time per decode step by kernel, each dispatch timed in its own compute pass (means):")
+    else:
+        lines.append("no GPU timestamps: the adapter lacks 'timestamp-query' (only wall and host times below)")
+    lines.append(f"{'kernel':<28} {'calls':>6} {'us/step':>10} {'%':>6}")
+    for k in r["kernels"]:
+        us = f"{k['us']:10.1f}" if k["us"] is not None else f"{'-':>10}"
+        pct = f"{k['pct']:6.1f}" if k["pct"] is not None else f"{'-':>6}"
+        lines.append(f"{k['name']:<28} {k['calls']:>6} {us} {pct}")
+    split = f"{r['gpu_split_us']:10.1f} {100.0:6.1f}" if ts else f"{'-':>10} {'-':>6}"
+    lines.append(f"{'total, one pass per dispatch':<28} {r['dispatches_per_step']:>6} {split}")
+    lines += [
+        "",
+        "per decode step (medians):",
+        f"  wall, as generation runs it       {r['wall_us']:10.1f} us",
+        f"    host until submit returned      {r['host_submit_us']:10.1f} us  (checks, packing, encode, submit)",
+        f"    wait for the sampled id         {r['wait_us']:10.1f} us",
+    ]
+    if ts:
+        lines += [
+            f"  GPU, the step as one pass         {r['gpu_step_us']:10.1f} us",
+            f"  host time outside the GPU         {r['host_outside_gpu_us']:10.1f} us  (wall − one-pass GPU time)",
+            f"  pass-per-dispatch overhead        {r['gpu_split_us'] - r['gpu_step_us']:10.1f} us  "
+            "(per-kernel total − one-pass time)",
+        ]
+    else:
+        lines.append("  GPU time and host time outside the GPU: not measurable without timestamps")
+    return "\n".join(lines)
