@@ -18,7 +18,7 @@ TINY = Shape(n_embd=256, n_layer=9, n_head=4, n_head_kv=2, n_ff=512, n_vocab=200
 
 @pytest.mark.parametrize("mix", ["q4_k_m", "q8_0"])
 def test_bench_model_file(tmp_path, mix, dev):
-    gguf = pytest.importorskip("gguf")
+    import gguf
     from gguf.quants import dequantize
 
     path = make_model(TINY, mix, tmp_path / f"{mix}.gguf")
