@@ -4,7 +4,8 @@
 
 Native: `realm-web bench`'s measurement (realm_web.bench.bench_model) on wgpu-py's adapter. Browser: the same
 function run inside Debian's Chromium (headless, WebGPU; SwiftShader without a GPU) through the JS SDK's
-`engine.benchmark()`, the model served by realm_web.serve on 127.0.0.1. Prints both and browser ÷ native.
+`engine.benchmark()` (benchmarks/browser_peers.realm_browser), on the same prompt ids. Prints both and
+browser ÷ native.
 """
 
 from __future__ import annotations
@@ -18,53 +19,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import bench_prompt  # noqa: E402
 from realm_web.bench import bench_model  # noqa: E402
 from realm_web.cli import bundled_model  # noqa: E402
 
-CHROMIUM_ARGS = ["--enable-unsafe-webgpu", "--no-sandbox", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
 
-
-def native(path: str, n_prompt: int, n_gen: int) -> dict:
+def native(path: str, n_prompt: int, n_gen: int) -> tuple[dict, list[int]]:
+    """realm_web native on `path`, and the prompt ids it used (the browser gets the same ids)."""
     import realm_web
 
     t0 = time.perf_counter()
     model = realm_web.load(path)
-    return bench_model(model, n_prompt, n_gen, load_s=time.perf_counter() - t0)
+    load_s = time.perf_counter() - t0
+    prompt = bench_prompt(min(n_prompt, model.n_ctx - n_gen - 1), model.config.n_vocab, model.tokenizer.bos_id)
+    return bench_model(model, n_gen=n_gen, load_s=load_s, prompt=prompt), prompt
 
 
-def browser(path: str, n_prompt: int, n_gen: int, chromium: str) -> dict:
-    from playwright.sync_api import sync_playwright
+def browser(path: str, prompt: list[int], n_gen: int, chromium: str) -> dict:
+    """The same measurement in Chromium through the SDK: benchmarks/browser_peers.realm_browser."""
+    from benchmarks.browser_peers import realm_browser
 
-    from realm_web.serve import make_server, start_in_thread
-
-    srv = make_server("127.0.0.1", 0, models=[] if path == bundled_model() else [path])
-    start_in_thread(srv)
-    model_id = Path(path).stem
-    try:
-        with sync_playwright() as p:
-            b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            page = b.new_page()
-            page.set_default_timeout(600_000)
-            page.goto(srv.url + "runtime/manifest.json")
-            res = page.evaluate(
-                """async ([id, nPrompt, nGen]) => {
-                    const sdk = await import('/js/index.js');
-                    const models = await (await fetch('/models/registry.json')).json();
-                    const t0 = performance.now();
-                    const e = await sdk.createEngine(id, { appConfig: { models } });
-                    const load_s = (performance.now() - t0) / 1000;
-                    const r = await e.benchmark({ nPrompt, nGen });
-                    await e.unload();
-                    return { ...r, load_s };
-                }""",
-                [model_id, n_prompt, n_gen],
-            )
-            b.close()
-            return res
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    return realm_browser(path, prompt, n_gen, chromium=chromium)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chromium", default=os.environ.get("REALM_WEB_CHROMIUM", "/usr/bin/chromium"))
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    n = native(a.model, a.prompt, a.gen)
-    w = browser(a.model, a.prompt, a.gen, a.chromium)
+    n, prompt = native(a.model, a.prompt, a.gen)
+    w = browser(a.model, prompt, a.gen, a.chromium)
     ratio = {k: w[k] / n[k] for k in ("prefill_tok_s", "decode_tok_s")}
     if a.json:
         print(json.dumps({"native": n, "browser": w, "browser_over_native": ratio}, indent=2))
