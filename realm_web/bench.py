@@ -113,24 +113,23 @@ def format_kernel_table(dev: Device, report: dict) -> str:
 
 
 def bench_model(model, n_prompt: int = 64, n_gen: int = 64, load_s: float = 0.0, prompt=None) -> dict:
-    """Prefill and decode tokens/s of a loaded model, greedy, EOS ignored (the loop is run directly).
-    `prompt`: token ids (default: BOS then a fixed spread of ids, `n_prompt` long). ttft_s: from the prompt's
-    submission to the first new token id on the host; decode: `n_gen` one-token steps after it."""
-    from realm_web.sampling import SamplingParams
-
+    """Prefill and decode tokens/s of a loaded model through its engine, greedy, EOS ignored, one request.
+    `prompt`: token ids (default: BOS then a fixed spread of ids, `n_prompt` long). ttft_s: from the request's
+    submission to the first new token on the host (prefill, no prefix-cache hit); decode: the `n_gen` tokens
+    after it."""
     if prompt is None:
         n_prompt = min(n_prompt, model.n_ctx - n_gen - 1)
         bos = model.tokenizer.bos_id or 0
         prompt = [bos] + [(7 * i + 11) % model.config.n_vocab for i in range(n_prompt - 1)]
     prompt = model._check_prompt(prompt, n_gen + 1)
-    model.sampler.reset(SamplingParams(temperature=0))
-    model._prefill(prompt[:8])  # warm-up: pipelines and the steps' dispatches are built here
-    model._decode_one(8)
+    opts = {"temperature": 0, "ignore_eos": True, "cache_salt": f"bench-{time.perf_counter_ns()}"}
+    # warm-up: pipelines and the recorded steps of this prompt's shape and of decode are built here
+    list(model.generate(prompt, max_tokens=2, **{**opts, "cache_salt": opts["cache_salt"] + "-warm"}).ids())
     t0 = time.perf_counter()
-    model._prefill(prompt)
+    it = model.generate(prompt, max_tokens=n_gen + 1, **opts).ids()
+    next(it)
     t1 = time.perf_counter()
-    for pos in range(len(prompt), len(prompt) + n_gen):
-        model._decode_one(pos)
+    n = sum(1 for _ in it)
     t2 = time.perf_counter()
     return {
         "model": model.gguf.metadata.get("general.name") or "?",
@@ -139,8 +138,8 @@ def bench_model(model, n_prompt: int = 64, n_gen: int = 64, load_s: float = 0.0,
         "n_prompt": len(prompt),
         "ttft_s": t1 - t0,
         "prefill_tok_s": len(prompt) / (t1 - t0),
-        "n_gen": n_gen,
-        "decode_tok_s": n_gen / (t2 - t1),
+        "n_gen": n,
+        "decode_tok_s": n / (t2 - t1),
     }
 
 

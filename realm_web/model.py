@@ -6,16 +6,24 @@ Generation follows gpt-fast's shape: `_prefill` runs the prompt in chunks and sa
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import struct
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from realm_web.chat import BUILTIN_TEMPLATES, ChatTemplate
 from realm_web.config import Config
 from realm_web.device import Buffer, Device, get_device
+from realm_web.engine import Engine
 from realm_web.errors import RealmError
 from realm_web.gguf import GGUFFile, open_gguf
-from realm_web.sampling import Sampler, SamplingParams
+from realm_web.kv_cache import PagedKVCache
+from realm_web.sampling import SamplingParams
+from realm_web.sequence import Event
+from realm_web.sequence import Sequence as _Seq
 from realm_web.tokenizer import Tokenizer
 from realm_web.transformer import Transformer
 from realm_web.weights import DEFAULT_CHUNK, Progress, upload_gguf
@@ -46,7 +54,11 @@ class Model:
         *,
         device: Device | None = None,
         n_ctx: int | None = None,
+        n_parallel: int = 4,
+        kv_cache_tokens: int | None = None,
+        block_size: int = 16,
         max_batch: int = 64,
+        prefix_caching: bool = True,
         chat_template: str | None = None,
         max_binding: int | None = None,
         chunk_bytes: int = DEFAULT_CHUNK,
@@ -54,12 +66,17 @@ class Model:
         owns_device: bool = False,
     ):
         """`owns_device`: close() also closes a `device` passed in (one opened for this model alone)."""
+        if n_parallel < 1 or block_size < 1 or max_batch < 1:
+            raise RealmError(
+                f"n_parallel, block_size and max_batch must be >= 1: {n_parallel}, {block_size}, {max_batch}"
+            )
         self.gguf = gf
         self.config = cfg = Config.from_gguf(gf)
         self.tokenizer = Tokenizer.from_gguf(gf)
         self._owns_device = device is None or owns_device
         self.device = dev = device or get_device()
         self.n_ctx = min(n_ctx or min(cfg.n_ctx_train, 4096), cfg.n_ctx_train)
+        self.n_parallel = n_parallel
         mats = [t.name for t in gf.tensors if len(t.shape) >= 2]
         weights = upload_gguf(dev, gf, mats, chunk_bytes=chunk_bytes, max_binding=max_binding, progress=progress)
         vectors: dict[str, Buffer] = {}
@@ -68,10 +85,24 @@ class Model:
                 data = _f32_vector(gf, t.name)
                 vectors[t.name] = buf = dev.create_buffer(len(data), t.name)
                 dev.write(buf, data)
-        self.transformer = Transformer(dev, cfg, weights, vectors, n_ctx=self.n_ctx, max_batch=max_batch)
-        self.sampler = Sampler(dev, self.transformer.logits, self.transformer.ids, cfg.n_vocab)
+        self.kv = self._kv_cache(kv_cache_tokens, block_size)
+        self.transformer = Transformer(dev, cfg, weights, vectors, self.kv, max_batch=max(max_batch, n_parallel))
+        self.engine = Engine(dev, self.transformer, self.kv, self.tokenizer, n_ctx=self.n_ctx, n_parallel=n_parallel,
+                             prefix_caching=prefix_caching, threaded=sys.platform != "emscripten")  # fmt: skip
         self.chat_template = self._chat_template(chat_template)
         self.last_usage: dict[str, Any] = {}
+
+    def _kv_cache(self, tokens: int | None, block_size: int) -> PagedKVCache:
+        """The pool: `tokens` positions (default: n_parallel contexts of up to 1024 tokens, at least one whole
+        context), as many as one binding of the device holds when no number is given."""
+        c, info = self.config, self.device.info
+        per_token = 4 * c.kv_dim  # bytes per position per layer in K (and in V)
+        fit = min(info.max_storage_binding, info.max_buffer) // per_token // block_size * block_size
+        if tokens is None:
+            tokens = min(max(self.n_ctx, self.n_parallel * min(self.n_ctx, 1024)), fit)
+        n_blocks = max(1, -(-int(tokens) // block_size))
+        max_blocks = -(-self.n_ctx // block_size)
+        return PagedKVCache(self.device, c.n_layer, c.kv_dim, n_blocks, block_size, self.n_parallel, max_blocks)
 
     # -- text <-> ids -----------------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
@@ -83,15 +114,12 @@ class Model:
     # -- scoring ----------------------------------------------------------------------------------------------
     def logits_bytes(self, ids: Sequence[int]) -> bytes:
         """Teacher-forced logits at every position as raw little-endian f32 [len(ids), n_vocab] (no numpy:
-        this is what the browser returns)."""
+        this is what the browser returns). Runs through the engine beside any other request."""
         ids = self._check_prompt(ids, 0)
-        t = self.transformer
-        rows = []
-        for start in range(0, len(ids), t.max_batch):
-            chunk = ids[start : start + t.max_batch]
-            t.run(chunk, list(range(start, start + len(chunk))), [0] * len(chunk), all_logits=True)
-            rows.append(t.read_logits(len(chunk)))
-        return b"".join(rows)
+        stream = Generation(self, Request(ids, None, 0))
+        for _ in stream:
+            pass
+        return b"".join(stream.seq.logits)
 
     def logits(self, ids: Sequence[int]):
         """Teacher-forced logits at every position: numpy float32 [len(ids), n_vocab] (needs numpy)."""
@@ -114,46 +142,7 @@ class Model:
             )
         return ids
 
-    def _prefill(self, ids: list[int]) -> int:
-        """Run the prompt through the model; the first new token is sampled on the GPU and returned."""
-        t = self.transformer
-        for start in range(0, len(ids), t.max_batch):
-            chunk = ids[start : start + t.max_batch]
-            last = start + len(chunk) == len(ids)
-            t.run(chunk, list(range(start, start + len(chunk))), [0] * len(chunk),
-                  extra=[self.sampler.dispatch] if last else ())  # fmt: skip
-        return self._read_sampled()
-
-    def _decode_one(self, pos: int) -> int:
-        """One token at `pos`: its id is already on the GPU (the sampler wrote it); returns the next id."""
-        self.transformer.run(None, [pos], [0], extra=[self.sampler.dispatch])
-        return self._read_sampled()
-
-    def _read_sampled(self) -> int:
-        return struct.unpack("<I", self.device.read(self.transformer.ids, 0, 4))[0]
-
-    def generate_ids(self, ids: Sequence[int], max_tokens: int, sp: SamplingParams) -> Iterator[int]:
-        """Yield new token ids one by one until an end-of-generation token, `max_tokens` or a full context."""
-        ids = self._check_prompt(ids, max_tokens)
-        self.sampler.reset(sp, ids)
-        self.last_usage.clear()  # updated in place: a streaming caller holds this dict
-        self.last_usage.update(prompt_tokens=len(ids), completion_tokens=0, finish_reason="length")
-        if max_tokens <= 0:
-            return
-        tok = self._prefill(ids)
-        pos = len(ids)
-        for n in range(1, max_tokens + 1):
-            if self.tokenizer.is_eog(tok):
-                self.last_usage["finish_reason"] = "stop"
-                return
-            self.last_usage["completion_tokens"] = n
-            yield tok
-            if n == max_tokens or pos >= self.n_ctx:
-                return
-            tok = self._decode_one(pos)
-            pos += 1
-
-    def generate(
+    def request(
         self,
         prompt: str | Sequence[int],
         max_tokens: int = 256,
@@ -166,19 +155,56 @@ class Model:
         seed: int = 0,
         stop: Sequence[str] = (),
         *,
+        cache_salt: str | None = None,
+        ignore_eos: bool = False,
         add_special: bool = True,
         parse_special: bool = False,
-    ) -> Iterator[str]:
-        """Stream the continuation of `prompt` (text, or token ids) piece by piece as tokens are produced."""
+    ) -> Request:
+        """A checked request (what generate, agenerate and generate_batch submit): bad input fails here."""
         sp = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         ids = prompt if not isinstance(prompt, str) else self.tokenize(prompt, add_special, parse_special)
-        self._check_prompt(ids, max_tokens)  # bad input fails here, not at the first iteration
-        return _stream_text(self.tokenizer, self.generate_ids(ids, max_tokens, sp), list(stop), self.last_usage)
+        ids = self._check_prompt(ids, max_tokens)
+        if isinstance(stop, str):
+            stop = [stop]
+        return Request(ids, sp, int(max_tokens), [str(s) for s in stop], cache_salt, ignore_eos)
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **options: Any) -> Generation:
+        """Stream the continuation of `prompt` (text, or token ids) piece by piece as tokens are produced.
+        Calls from several threads at once are decoded together. Options: temperature, top_k, top_p, min_p,
+        repeat_penalty, repeat_last_n, seed, stop, cache_salt, ignore_eos, add_special, parse_special. The
+        returned stream's `usage` (also `model.last_usage`) fills in as it runs."""
+        g = Generation(self, self.request(prompt, max_tokens, **options))
+        self.last_usage = g.usage
+        return g
+
+    def generate_ids(self, ids: Sequence[int], max_tokens: int, sp: SamplingParams) -> Iterator[int]:
+        """The new token ids one by one (what generate streams as text)."""
+        g = Generation(self, Request(self._check_prompt(ids, max_tokens), sp, max_tokens), text=False)
+        self.last_usage = g.usage
+        return g.ids()
+
+    def generate_batch(self, prompts: Sequence[str | Sequence[int]], **options: Any) -> list[str]:
+        """Complete every prompt, decoded together (offline work); the replies in order."""
+        streams = [self.generate(p, **options) for p in prompts]
+        return ["".join(s) for s in streams]
+
+    async def agenerate(self, prompt: str | Sequence[int], max_tokens: int = 256, **options: Any):
+        """generate() for asyncio: an async iterator of text pieces. Concurrent calls are decoded together;
+        cancelling the task (or leaving the loop) cancels the request and frees its blocks."""
+        stream = AsyncGeneration(self, self.request(prompt, max_tokens, **options))
+        self.last_usage = stream.usage
+        async for piece in stream:
+            yield piece
 
     def chat(self, messages: Sequence[Mapping[str, Any]], stream: bool = True, **options: Any) -> Iterator[str] | str:
         """Reply to a conversation rendered with the model's chat template. Options are generate()'s."""
         pieces = self.generate(self.chat_ids(messages), **options)
         return pieces if stream else "".join(pieces)
+
+    async def achat(self, messages: Sequence[Mapping[str, Any]], **options: Any):
+        """chat() for asyncio: an async iterator of the reply's text pieces."""
+        async for piece in self.agenerate(self.chat_ids(messages), **options):
+            yield piece
 
     def chat_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         """Token ids of a conversation rendered with the model's chat template, ready for a reply."""
@@ -186,9 +212,19 @@ class Model:
         bos = self._token_text(self.tokenizer.bos_id)
         return self.tokenize(prompt, add_special=not (bos and prompt.startswith(bos)), parse_special=True)
 
+    def session(self, system: str | None = None, *, cache_salt: str | None = None, **options: Any) -> Session:
+        """A conversation whose history stays cached between turns (prefix caching); cheap to create, and
+        isolated from every other session. `options` are the defaults of its turns (generate()'s)."""
+        return Session(self, system, cache_salt, options)
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's counters: waiting and running sequences, KV blocks used/free/cached, prefix-cache hits."""
+        return self.engine.stats()
+
     def close(self) -> None:
-        """Free the model's GPU memory when it opened its own device (a device passed in belongs to the caller,
-        who closes it). The model cannot be used afterwards."""
+        """Stop the engine and free the model's GPU memory when it opened its own device (a device passed in
+        belongs to the caller, who closes it). The model cannot be used afterwards."""
+        self.engine.close()
         if self._owns_device:
             self.device.close()
 
@@ -207,6 +243,159 @@ class Model:
         if isinstance(src, str) and src:
             return ChatTemplate(src, name="gguf", **tokens)
         return ChatTemplate.builtin("chatml", **tokens)
+
+
+@dataclass
+class Request:
+    """What a caller asks of the engine: prompt ids and settings (`sampling=None`: teacher-forced logits)."""
+
+    ids: list[int]
+    sampling: SamplingParams | None
+    max_tokens: int
+    stop: list[str] = field(default_factory=list)
+    cache_salt: str | None = None
+    ignore_eos: bool = False
+
+
+class Generation:
+    """A request in flight, as a blocking iterator of text pieces (or ids, `ids()`); `usage` fills in as it
+    runs. Leaving the loop early (or `close()`) cancels the request."""
+
+    def __init__(self, model: Model, req: Request, text: bool = True):
+        self.model, self.usage = model, {}
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self.seq = _Seq(req.ids, req.sampling, req.max_tokens, self._events.put, req.stop, req.cache_salt,
+                            req.ignore_eos)  # fmt: skip
+        if text and req.sampling is not None:
+            self.seq.text = TextStream(model.tokenizer, req.stop)
+        self._done = False
+        self._it: Iterator[str] | None = None
+        self._update()
+        model.engine.submit(self.seq)
+
+    def _update(self) -> None:
+        self.usage.update(self.seq.usage())
+        if self.usage["finish_reason"] is None:
+            self.usage["finish_reason"] = "length"  # until told otherwise (as a stream cut short by its caller)
+
+    def _next_event(self) -> Event:
+        eng = self.model.engine
+        if eng._thread is None:  # no engine thread (Pyodide): this caller drives the steps
+            eng.run_until(lambda: not self._events.empty())
+        return self._events.get()
+
+    def _events_iter(self) -> Iterator[Event]:
+        while not self._done:
+            ev = self._next_event()
+            self._update()
+            if ev.finished:
+                self._done = True
+                if ev.error is not None:
+                    raise ev.error
+            yield ev
+
+    def ids(self) -> Iterator[int]:
+        """The new token ids instead of text."""
+        try:
+            for ev in self._events_iter():
+                if ev.token is not None:
+                    yield ev.token
+        finally:
+            self.close()
+
+    def _pieces(self) -> Iterator[str]:
+        try:
+            for ev in self._events_iter():
+                if ev.piece:
+                    yield ev.piece
+        finally:
+            self.close()
+
+    def __iter__(self) -> Generation:
+        return self
+
+    def __next__(self) -> str:
+        if self._it is None:
+            self._it = self._pieces()
+        return next(self._it)
+
+    def text(self) -> str:
+        return "".join(self)
+
+    def close(self) -> None:
+        """Cancel the request if it is still running (its blocks are freed at the next step boundary)."""
+        if not self._done:
+            self._done = True
+            self.model.engine.cancel(self.seq)
+
+
+class AsyncGeneration:
+    """A request in flight for asyncio: an async iterator of text pieces. The engine thread hands events to
+    the event loop; cancelling the consuming task cancels the request."""
+
+    def __init__(self, model: Model, req: Request):
+        self.model, self.usage = model, {}
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue = asyncio.Queue()
+        self.seq = _Seq(req.ids, req.sampling, req.max_tokens, self._emit, req.stop, req.cache_salt,
+                            req.ignore_eos)  # fmt: skip
+        self.seq.text = TextStream(model.tokenizer, req.stop)
+        self.usage.update(self.seq.usage())
+        model.engine.submit(self.seq)
+
+    def _emit(self, ev: Event) -> None:
+        self._loop.call_soon_threadsafe(self._events.put_nowait, ev)
+
+    async def __aiter__(self):
+        eng, done = self.model.engine, False
+        try:
+            while not done:
+                if eng._thread is None:
+                    eng.run_until(lambda: not self._events.empty())
+                ev = await self._events.get()
+                self.usage.update(self.seq.usage())
+                done = ev.finished
+                if ev.error is not None:
+                    raise ev.error
+                if ev.piece:
+                    yield ev.piece
+        finally:
+            if not done:
+                eng.cancel(self.seq)
+
+
+class Session:
+    """One conversation over a shared model: its messages, kept between turns. Each turn renders the whole
+    conversation; the prefix cache finds the blocks of every earlier turn, so only the new text is computed.
+    Nothing is shared with other sessions but the weights (and, without a `cache_salt`, identical prefixes)."""
+
+    def __init__(self, model: Model, system: str | None, cache_salt: str | None, options: dict[str, Any]):
+        self.model, self.cache_salt, self.options = model, cache_salt, options
+        self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        self.last_usage: dict[str, Any] = {}
+
+    def chat(self, text: str, stream: bool = False, **options: Any) -> Iterator[str] | str:
+        """Add the user's `text`, reply (streamed, or whole), and keep the reply in the history."""
+        self.messages.append({"role": "user", "content": text})
+        opts = {**self.options, **options, "cache_salt": self.cache_salt}
+        try:
+            g = self.model.generate(self.model.chat_ids(self.messages), **opts)
+        except BaseException:
+            self.messages.pop()
+            raise
+        self.last_usage = g.usage
+        if not stream:
+            reply = "".join(g)
+            self.messages.append({"role": "assistant", "content": reply})
+            return reply
+        return self._stream(g)
+
+    def _stream(self, g: Generation) -> Iterator[str]:
+        parts = []
+        for piece in g:
+            parts.append(piece)
+            yield piece
+        self.messages.append({"role": "assistant", "content": "".join(parts)})
 
 
 class TextStream:
@@ -245,25 +434,11 @@ class TextStream:
         return out
 
 
-def _stream_text(tk: Tokenizer, ids: Iterator[int], stop: list[str], usage: dict) -> Iterator[str]:
-    """Text pieces of `ids` (see TextStream); a stop string ends generation with finish_reason "stop"."""
-    ts = TextStream(tk, stop)
-    for i in ids:
-        piece = ts.feed(i)
-        if piece:
-            yield piece
-        if ts.stopped:
-            usage["finish_reason"] = "stop"
-            ids.close()
-            return
-    tail = ts.flush()
-    if tail:
-        yield tail
-
-
 def load(path_or_url: str, *, progress: Callable[[int, int], None] | None = None, **options: Any) -> Model:
-    """Load a GGUF model from a path or http(s) URL onto the GPU. Options: device, n_ctx, max_batch,
-    chat_template (a built-in name or Jinja source), max_binding (force weight splitting), chunk_bytes."""
+    """Load a GGUF model from a path or http(s) URL onto the GPU. Options: device, n_ctx, n_parallel (the most
+    sequences decoded together, default 4), kv_cache_tokens (the paged KV pool's size in tokens), block_size
+    (tokens per KV block, 16), max_batch (tokens per step: the chunk a prompt is prefilled in), prefix_caching
+    (True), chat_template (a built-in name or Jinja source), max_binding (force weight splitting), chunk_bytes."""
     return Model(open_gguf(path_or_url), progress=progress, **options)
 
 

@@ -1,10 +1,10 @@
 """Where a decode step's time goes (`realm-web bench --profile`): GPU time per kernel from WebGPU timestamp
 queries, the whole step's GPU time, and the host's share of the wall time. Pure Python: runs in the browser too.
 
-A decode step is what generation replays per token: write the position, submit the recorded one-token step plus
-the sampler (which leaves the next id in `transformer.ids`), read the 4-byte id back. Three ways of running it
-are measured over the same positions:
-- plain, as `Model._decode_one` runs it: wall time, split at the return of the submit into host time
+A decode step is what the engine replays per token of a lone sequence: write the id, position and slot, submit
+the recorded one-token step plus the sampler, read the 4-byte id back. Three ways of running it are measured
+over the same positions:
+- plain, as the engine runs it: wall time, split at the return of the submit into host time
   (checks, packing, encoding, submission) and the wait for the id;
 - one compute pass with a timestamp at its beginning and end: the GPU time of the step as generation runs it;
 - one pass per dispatch, each with its timestamps: GPU time per kernel. Pass boundaries cost time of their
@@ -18,52 +18,82 @@ import struct
 import time
 from typing import Any
 
-from realm_web.sampling import SamplingParams
+from realm_web.sampling import SamplingParams, sample_row
+
+SLOT = 0  # the sequence slot the profiler uses (the engine is idle: exclusive())
 
 
-def _decode_plain(model: Any, pos: int) -> tuple[float, float]:
-    """One decode step as generation runs it: (seconds until the submission returned, seconds waiting for the id)."""
+def _decode_plain(model: Any, pos: int, tok: int) -> tuple[float, float, int]:
+    """One decode step as the engine runs it for one sequence: (seconds until the submission returned, seconds
+    waiting for the id, the id)."""
+    e = model.engine
     t0 = time.perf_counter()
-    model.transformer.run(None, [pos], [0], extra=[model.sampler.dispatch])
+    e.t.run([tok], [pos], [SLOT], [0], [e.sampler.dispatch(1)])
     t1 = time.perf_counter()
-    model._read_sampled()
-    return t1 - t0, time.perf_counter() - t1
+    nxt = e.sampler.read(1)[0]
+    return t1 - t0, time.perf_counter() - t1, nxt
 
 
-def _decode_timed(model: Any, pos: int, per_dispatch: bool) -> list[int] | None:
-    """One decode step with GPU timestamps (see Device.timed_submit); the sampled id lands in transformer.ids."""
-    t = model.transformer
-    model.device.write(t.tok, struct.pack("<2I", pos, 0))  # (position, sequence slot) as Transformer.run packs it
-    return model.device.timed_submit(t.step(1).dispatches + [model.sampler.dispatch], per_dispatch=per_dispatch)
+def _decode_timed(model: Any, pos: int, tok: int, per_dispatch: bool) -> list[int] | None:
+    """One decode step with GPU timestamps (see Device.timed_submit)."""
+    e, dev = model.engine, model.device
+    dev.write(e.t.ids, struct.pack("<I", tok))  # as Transformer.run packs a one-token step
+    dev.write(e.t.tok, struct.pack("<2I", pos, SLOT))
+    dev.write(e.t.out_rows, struct.pack("<I", 0))
+    return dev.timed_submit(e.t.step(1, 1).dispatches + [e.sampler.dispatch(1)], per_dispatch=per_dispatch)
 
 
 def profile_decode(model: Any, n_steps: int = 16, n_prompt: int = 32, warmup: int = 2) -> dict:
     """Profile `n_steps` decode steps after an `n_prompt`-token prompt (BOS and a fixed spread of ids, greedy).
     Each way of running the step (see the module docstring) runs over the same positions after `warmup` steps.
     Step figures are medians over the steps; per-kernel figures are means (so that they add up). Times in µs.
-    The model's KV cache is left with these positions filled: the next generate() prefills over them."""
-    dev, t, cfg = model.device, model.transformer, model.config
+    The engine must be idle; its blocks are returned afterwards."""
+    with model.engine.exclusive():
+        return _profile(model, n_steps, n_prompt, warmup)
+
+
+def _profile(model: Any, n_steps: int, n_prompt: int, warmup: int) -> dict:
+    e, cfg = model.engine, model.config
+    t = e.t
     n_steps = max(1, n_steps)
     n_prompt = max(1, min(n_prompt, model.n_ctx - n_steps - warmup - 1))
     bos = model.tokenizer.bos_id or 0
     prompt = [bos] + [(7 * i + 11) % cfg.n_vocab for i in range(n_prompt - 1)]
-    model.sampler.reset(SamplingParams(temperature=0))
-    model._prefill(prompt)
+    blocks = e.kv.manager
+    table, _ = blocks.allocate([0] * (n_prompt + warmup + n_steps), use_cache=False)
+    try:
+        e.kv.write_row(SLOT, table.blocks)
+        sp = SamplingParams(temperature=0)
+        e.sampler.reset_slot(SLOT, sp)
+        e.sampler.set_rows([sample_row(SLOT, sp)])
+        for s0 in range(0, n_prompt, t.max_batch):
+            chunk = prompt[s0 : s0 + t.max_batch]
+            last = s0 + len(chunk) == n_prompt
+            t.run(chunk, list(range(s0, s0 + len(chunk))), [SLOT] * len(chunk), [len(chunk) - 1] if last else [],
+                  [e.sampler.dispatch(1)] if last else [])  # fmt: skip
+        tok = e.sampler.read(1)[0]
+        return _measure(model, n_prompt, warmup, n_steps, tok)
+    finally:
+        blocks.free_table(table)
+
+
+def _measure(model: Any, n_prompt: int, warmup: int, n_steps: int, tok: int) -> dict:
+    dev, t, cfg = model.device, model.engine.t, model.config
     first = n_prompt + warmup
     positions = range(first, first + n_steps)
     for pos in range(n_prompt, first):  # pipelines, the recorded step, query sets
-        _decode_plain(model, pos)
-        _decode_timed(model, pos, False)
-        _decode_timed(model, pos, True)
+        _decode_plain(model, pos, tok)
+        _decode_timed(model, pos, tok, False)
+        _decode_timed(model, pos, tok, True)
 
     host, wait = [], []
     for pos in positions:
-        h, w = _decode_plain(model, pos)
+        h, w, tok = _decode_plain(model, pos, tok)
         host.append(h)
         wait.append(w)
     wall = [h + w for h, w in zip(host, wait, strict=True)]
 
-    names = [d.name for d in t.step(1).dispatches] + [model.sampler.dispatch.name]
+    names = [d.name for d in t.step(1, 1).dispatches] + [model.engine.sampler.dispatch(1).name]
     calls: dict[str, int] = {}
     for n in names:
         calls[n] = calls.get(n, 0) + 1
@@ -71,10 +101,10 @@ def profile_decode(model: Any, n_steps: int = 16, n_prompt: int = 32, warmup: in
     gpu_step: float | None = None
     per_kernel: dict[str, float] = {}
     if dev.info.timestamps:
-        gpu_step = statistics.median(_decode_timed(model, pos, False)[0] for pos in positions) / 1e3
+        gpu_step = statistics.median(_decode_timed(model, pos, tok, False)[0] for pos in positions) / 1e3
         sums = dict.fromkeys(calls, 0)
         for pos in positions:
-            for n, ns in zip(names, _decode_timed(model, pos, True), strict=True):
+            for n, ns in zip(names, _decode_timed(model, pos, tok, True), strict=True):
                 sums[n] += ns
         per_kernel = {n: s / n_steps / 1e3 for n, s in sums.items()}
     split_total = sum(per_kernel.values()) if per_kernel else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from realm_web.device import Buffer, Device
+from realm_web.device import Buffer, Device, Dispatch
 from realm_web.errors import RealmError
 from realm_web.kernels import wgsl
 
@@ -31,26 +31,59 @@ class SamplingParams:
             raise RealmError(f"invalid sampling settings: {self}")
 
 
-def sample_params(n_vocab: int, sp: SamplingParams) -> bytes:
-    """Params of sample.wgsl.j2."""
+NO_SAMPLE = 0xFFFFFFFF  # slot of a row whose logits are returned, not sampled
+ROW_BYTES = 32  # one Row of sample.wgsl.j2
+STATE_WORDS = 4 + MAX_WINDOW  # u32 words per slot of the sampler state
+
+
+def sample_row(slot: int, sp: SamplingParams | None) -> bytes:
+    """One `Row` of sample.wgsl.j2: the settings a row is sampled with, and its sequence's state slot
+    (`sp=None`: the row is not sampled)."""
+    if sp is None:
+        return struct.pack("<4I4f", NO_SAMPLE, 0, 0, 0, 0.0, 1.0, 0.0, 1.0)
     ring = sp.repeat_last_n if sp.repeat_penalty != 1.0 else 0
     return struct.pack(
-        "<4I4f", n_vocab, sp.top_k, ring, sp.seed & 0xFFFFFFFF, sp.temperature, sp.top_p, sp.min_p, sp.repeat_penalty
+        "<4I4f", slot, sp.top_k, ring, sp.seed & 0xFFFFFFFF, sp.temperature, sp.top_p, sp.min_p, sp.repeat_penalty
     )
 
 
+def slot_state(sp: SamplingParams, history: list[int], n_drawn: int = 0) -> bytes:
+    """A slot's sampler state: `n_drawn` draws so far (the RNG counter: a sequence resumed after preemption
+    continues its stream) and the penalty window holding the last tokens of `history`."""
+    window = list(history)[-sp.repeat_last_n :] if sp.repeat_last_n else []
+    next_slot = len(window) % max(1, sp.repeat_last_n)
+    return struct.pack(f"<4I{len(window)}I", n_drawn, len(window), next_slot, 0, *window)
+
+
 class Sampler:
-    """Samples row 0 of `logits` into `out[0]`. Built once; `reset` before each generation."""
+    """Samples rows of `logits` ([n_rows, n_vocab] f32) into `out` ([n_rows] u32), each row with its own
+    settings (`rows`, written per step) and its sequence's state slot. Built once; dispatches per row count
+    are recorded on first use."""
 
-    def __init__(self, dev: Device, logits: Buffer, out: Buffer, n_vocab: int):
-        self.dev, self.n_vocab = dev, n_vocab
-        self.params = dev.create_buffer(32, "sample.params", uniform=True)
-        self.state = dev.create_buffer(4 * (4 + MAX_WINDOW), "sample.state")
-        self.dispatch = dev.dispatch("sample", wgsl("sample"), {}, [self.params, logits, self.state, out], (1, 1, 1))
+    def __init__(self, dev: Device, logits: Buffer, n_vocab: int, max_rows: int, n_slots: int):
+        self.dev, self.logits, self.n_vocab, self.max_rows = dev, logits, n_vocab, max_rows
+        self.params = dev.create_buffer(16, "sample.params", uniform=True)
+        dev.write(self.params, struct.pack("<4I", n_vocab, STATE_WORDS, 0, 0))
+        self.rows = dev.create_buffer(ROW_BYTES * max_rows, "sample.rows")
+        self.state = dev.create_buffer(4 * STATE_WORDS * n_slots, "sample.state")
+        self.out = dev.create_buffer(4 * max_rows, "sample.out")
+        self._dispatches: dict[int, Dispatch] = {}
 
-    def reset(self, sp: SamplingParams, history: list[int] = ()) -> None:
-        """New settings and seed; the penalty window starts with the last tokens of `history` (the prompt)."""
-        self.dev.write(self.params, sample_params(self.n_vocab, sp))
-        window = list(history)[-sp.repeat_last_n :] if sp.repeat_last_n else []
-        next_slot = len(window) % max(1, sp.repeat_last_n)
-        self.dev.write(self.state, struct.pack(f"<4I{len(window)}I", 0, len(window), next_slot, 0, *window))
+    def dispatch(self, n_rows: int) -> Dispatch:
+        d = self._dispatches.get(n_rows)
+        if d is None:
+            bufs = [self.params, self.logits, self.rows, self.state, self.out]
+            d = self._dispatches[n_rows] = self.dev.dispatch("sample", wgsl("sample"), {}, bufs, (n_rows, 1, 1))
+        return d
+
+    def reset_slot(self, slot: int, sp: SamplingParams, history: list[int] = (), n_drawn: int = 0) -> None:
+        """Start (or resume) a sequence in `slot`: see `slot_state`."""
+        self.dev.write(self.state, slot_state(sp, list(history), n_drawn), 4 * STATE_WORDS * slot)
+
+    def set_rows(self, rows: list[bytes]) -> None:
+        """This step's rows (`sample_row` each), in the order of the logits rows."""
+        self.dev.write(self.rows, b"".join(rows))
+
+    def read(self, n_rows: int) -> list[int]:
+        """The ids the last dispatch of `n_rows` sampled (rows not sampled hold garbage)."""
+        return list(struct.unpack(f"<{n_rows}I", self.dev.read(self.out, 0, 4 * n_rows)))

@@ -1,8 +1,13 @@
 """One forward step of a llama-family transformer on the GPU, as a list of pre-built dispatches.
 
-A step takes `n_tok` tokens (a prompt chunk, or one token of each of several sequences: every token carries its
-own position and sequence slot) and leaves their logits in `self.logits`. Steps are recorded once per shape and
-replayed: a decode step costs two small buffer writes, one submission and one read of the sampled id.
+A step takes `n_tok` tokens of any mix of sequences (prompt chunks and one token of each decoding sequence):
+every token carries its own position and sequence slot, and attention reads each slot's blocks of the paged
+KV cache through the block table. The rows whose logits are wanted (`out_rows`: the last token of each
+sequence that samples, or every row of a scoring request) are gathered after the final norm, so the output
+head runs on those alone; their logits land in `self.logits` [n_out, n_vocab]. Steps are recorded once per
+shape (token and output counts rounded up to a few buckets, the rest padding that reads and writes nothing)
+and replayed: positions, slots and rows arrive as data. Every kernel computes a token's row the same way
+whatever else is in the step, so a sequence's results do not depend on what it was batched with.
 Weights are named as in the GGUF file (`blk.N.attn_q.weight`, ...).
 """
 
@@ -16,10 +21,22 @@ from realm_web.config import Config
 from realm_web.device import Buffer, Device, Dispatch
 from realm_web.kernels.attention import flash_attn, kv_write
 from realm_web.kernels.elementwise import add, swiglu
-from realm_web.kernels.matmul import ROWS_PER_INVOCATION, get_rows, matmul, matvec
+from realm_web.kernels.matmul import get_rows, matmul, matvec
 from realm_web.kernels.norm import rms_norm
 from realm_web.kernels.rope import rope
-from realm_web.weights import Weight
+from realm_web.kv_cache import PagedKVCache
+from realm_web.quants import BY_NAME
+from realm_web.weights import Weight, WeightPart
+
+PAD_POS = 0xFFFFFFFF  # position of a padding token: kv_write drops it, flash_attn gives it zeros
+
+
+def bucket(n: int) -> int:
+    """Rows a step of n rows is recorded for: 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, ... (padding ≤ 1/3)."""
+    b = 1
+    while b < n:
+        b = b + 1 if b < 4 else (b * 3 // 2 if b & (b - 1) == 0 else b * 4 // 3)
+    return b
 
 
 @dataclass
@@ -27,7 +44,7 @@ class Step:
     """A recorded step: its dispatches and the shape they were built for."""
 
     n_tok: int
-    all_logits: bool
+    n_out: int
     dispatches: list[Dispatch]
 
 
@@ -38,19 +55,19 @@ class Transformer:
         cfg: Config,
         weights: dict[str, Weight],
         vectors: dict[str, Buffer],
+        kv: PagedKVCache,
         *,
-        n_ctx: int,
-        n_seq: int = 1,
         max_batch: int = 64,
     ):
-        """`weights`: 2-D tensors on the GPU; `vectors`: norms and biases as f32 buffers; `max_batch`: tokens a
-        step may take (prompts longer than it are run in chunks)."""
-        self.dev, self.cfg, self.w, self.vec = dev, cfg, weights, vectors
-        self.n_ctx, self.n_seq, self.max_batch = n_ctx, n_seq, max_batch
-        b, c = max_batch, cfg
+        """`weights`: 2-D tensors on the GPU; `vectors`: norms and biases as f32 buffers; `kv`: the paged cache;
+        `max_batch`: tokens a step may take."""
+        self.dev, self.cfg, self.w, self.vec, self.kv = dev, cfg, weights, vectors, kv
+        self.max_batch = max_batch
+        b, c = bucket(max_batch), cfg
         buf = dev.create_buffer
         self.ids = buf(4 * b, "ids")  # [b] u32 token ids
         self.tok = buf(8 * b, "tok")  # [b][2] u32 (position, sequence slot)
+        self.out_rows = buf(4 * b, "out_rows")  # [n_out] u32 rows whose logits are wanted
         self.x = buf(4 * b * c.n_embd, "x")  # [b, n_embd] residual stream
         self.xn = buf(4 * b * c.n_embd, "xn")  # [b, n_embd] normed
         self.q = buf(4 * b * c.q_dim, "q")  # [b, n_head * head_dim]
@@ -61,25 +78,21 @@ class Transformer:
         self.gate = buf(4 * b * c.n_ff, "gate")  # [b, n_ff]
         self.up = buf(4 * b * c.n_ff, "up")
         self.h = buf(4 * b * c.n_ff, "h")
-        self.logits = buf(4 * b * c.n_vocab, "logits")  # [b, n_vocab] (row 0 only for last-token steps)
-        kv_bytes = 4 * n_seq * n_ctx * c.kv_dim  # [n_seq][n_ctx][n_head_kv][head_dim] f32
-        self.k_cache = [buf(kv_bytes, f"blk.{i}.k_cache") for i in range(c.n_layer)]
-        self.v_cache = [buf(kv_bytes, f"blk.{i}.v_cache") for i in range(c.n_layer)]
-        self._steps: dict[tuple[int, bool], Step] = {}
+        self.xs = buf(4 * b * c.n_embd, "xs")  # [n_out, n_embd] the gathered rows
+        self.logits = buf(4 * b * c.n_vocab, "logits")  # [n_out, n_vocab]
+        # xn seen as an f32 table, so get_rows gathers the output rows
+        self._xn_rows = Weight("xn", BY_NAME["F32"], (c.n_embd, b), [WeightPart(self.xn, 0, b)])
+        self._steps: dict[tuple[int, int], Step] = {}
 
     # -- recording ----------------------------------------------------------------------------------------------
     def _linear(self, name: str, x: Buffer, y: Buffer, n_tok: int) -> list[Dispatch]:
         w = self.w[name]
-        if n_tok == 1:
-            return matvec(self.dev, w, x, y)
-        if self.dev.info.adapter_type == "CPU" and w.type.name in ROWS_PER_INVOCATION:
-            # CPU adapters: the fused several-rows decode kernel once per token beats the tiled matmul (whose
-            # workgroup-memory loads are per-lane gathers there): 1.6x for Q4_K 4096x4096, 32 tokens, lavapipe
+        if self.dev.info.adapter_type == "CPU":  # TODO(batched kernel): matmul_batch
             return matvec(self.dev, w, x, y, n_vec=n_tok)
         return matmul(self.dev, w, x, y, n_tok)
 
     def _layer(self, i: int, n: int) -> list[Dispatch]:
-        dev, c, p = self.dev, self.cfg, f"blk.{i}."
+        dev, c, p, kv = self.dev, self.cfg, f"blk.{i}.", self.kv
         ds = [rms_norm(dev, self.x, self.vec[p + "attn_norm.weight"], self.xn, n, c.n_embd, c.rms_eps)]
         qkv = (("attn_q", self.q, c.q_dim), ("attn_k", self.k, c.kv_dim), ("attn_v", self.v, c.kv_dim))
         for proj, out, width in qkv:
@@ -90,10 +103,10 @@ class Transformer:
         for t, heads in ((self.q, c.n_head), (self.k, c.n_head_kv)):
             ds.append(rope(dev, t, self.tok, n, heads, c.head_dim, n_rot=c.n_rot, freq_base=c.rope_base,
                            freq_scale=c.rope_freq_scale, neox=c.rope_neox))  # fmt: skip
-        ds.append(kv_write(dev, self.k, self.v, self.tok, self.k_cache[i], self.v_cache[i], n, c.n_head_kv,
-                           c.head_dim, self.n_ctx))  # fmt: skip
-        ds.append(flash_attn(dev, self.q, self.k_cache[i], self.v_cache[i], self.tok, self.attn, n, c.n_head,
-                             c.n_head_kv, c.head_dim, self.n_ctx, 1.0 / math.sqrt(c.head_dim)))  # fmt: skip
+        ds.append(kv_write(dev, self.k, self.v, self.tok, kv.table, kv.k[i], kv.v[i], n, c.n_head_kv, c.head_dim,
+                           kv.block_size, kv.max_blocks))  # fmt: skip
+        ds.append(flash_attn(dev, self.q, kv.k[i], kv.v[i], self.tok, kv.table, self.attn, n, c.n_head, c.n_head_kv,
+                             c.head_dim, kv.block_size, kv.max_blocks, 1.0 / math.sqrt(c.head_dim)))  # fmt: skip
         ds += self._linear(p + "attn_output.weight", self.attn, self.o, n)
         ds.append(add(dev, self.x, self.o, self.x, n * c.n_embd))
         ds.append(rms_norm(dev, self.x, self.vec[p + "ffn_norm.weight"], self.xn, n, c.n_embd, c.rms_eps))
@@ -104,51 +117,43 @@ class Transformer:
         ds.append(add(dev, self.x, self.o, self.x, n * c.n_embd))
         return ds
 
-    def _record(self, n: int, all_logits: bool) -> Step:
+    def _record(self, n: int, n_out: int) -> Step:
         dev, c = self.dev, self.cfg
         ds = get_rows(dev, self.w["token_embd.weight"], self.ids, self.x, n)
         for i in range(c.n_layer):
             ds += self._layer(i, n)
-        ds.append(rms_norm(dev, self.x, self.vec["output_norm.weight"], self.xn, n, c.n_embd, c.rms_eps))
-        head = self.w["token_embd.weight" if c.tied_output else "output.weight"]
-        if all_logits:
-            ds += self._linear(head.name, self.xn, self.logits, n)
-        else:  # only the last token's logits, into row 0
-            ds += matvec(dev, head, self.xn, self.logits, x_offset=(n - 1) * c.n_embd)
-        return Step(n, all_logits, ds)
+        if n_out:  # a step of prompt chunks that sample nothing stops at the last layer
+            ds.append(rms_norm(dev, self.x, self.vec["output_norm.weight"], self.xn, n, c.n_embd, c.rms_eps))
+            ds += get_rows(dev, self._xn_rows, self.out_rows, self.xs, n_out)
+            head = self.w["token_embd.weight" if c.tied_output else "output.weight"]
+            ds += self._linear(head.name, self.xs, self.logits, n_out)
+        return Step(n, n_out, ds)
 
-    def step(self, n: int, all_logits: bool = False) -> Step:
-        key = (n, all_logits)
+    def step(self, n: int, n_out: int) -> Step:
+        key = (n, n_out)
         s = self._steps.get(key)
         if s is None:
-            s = self._steps[key] = self._record(n, all_logits)
+            s = self._steps[key] = self._record(n, n_out)
         return s
 
     # -- running ------------------------------------------------------------------------------------------------
-    def run(
-        self,
-        ids: list[int] | None,
-        positions: list[int],
-        seqs: list[int],
-        *,
-        all_logits: bool = False,
-        extra=(),
-    ) -> None:
-        """Submit one step for len(positions) ≤ max_batch tokens (plus `extra` dispatches, e.g. sampling, in the
-        same submission). `ids=None`: the ids are already in `self.ids` (the sampler wrote them there).
-        Logits land in `self.logits`: all rows, or the last token's in row 0."""
-        n = len(positions)
-        if not 0 < n <= self.max_batch:
-            raise ValueError(f"a step takes 1..{self.max_batch} tokens, got {n}")
-        for pos, s in zip(positions, seqs, strict=True):
-            if not (0 <= pos < self.n_ctx and 0 <= s < self.n_seq):
-                raise ValueError(f"position {pos} / sequence {s} outside the context ({self.n_ctx}) or slots")
-        if ids is not None:
-            self.dev.write(self.ids, struct.pack(f"<{n}I", *ids))
-        meta = [v for pair in zip(positions, seqs, strict=True) for v in pair]
-        self.dev.write(self.tok, struct.pack(f"<{2 * n}I", *meta))
-        self.dev.submit(self.step(n, all_logits).dispatches + list(extra))
+    def run(self, ids: list[int], positions: list[int], slots: list[int], out_rows: list[int], extra=()) -> int:
+        """Submit one step for len(ids) ≤ max_batch tokens (plus `extra` dispatches, e.g. sampling, in the same
+        submission); `out_rows` (≥ 1) are the rows whose logits are wanted, in the order they land in
+        `self.logits`. Returns the number of logits rows the step computed (len(out_rows) rounded up to its
+        bucket: `extra` dispatches take that many rows)."""
+        n, n_out = len(ids), len(out_rows)
+        if not 0 < n <= self.max_batch or not 0 <= n_out <= n:
+            raise ValueError(f"a step takes 1..{self.max_batch} tokens and 0..n_tok output rows, got {n}, {n_out}")
+        nb, ob = bucket(n), bucket(n_out) if n_out else 0
+        meta = [v for pair in zip(positions, slots, strict=True) for v in pair] + [PAD_POS, 0] * (nb - n)
+        self.dev.write(self.ids, struct.pack(f"<{nb}I", *ids, *[0] * (nb - n)))
+        self.dev.write(self.tok, struct.pack(f"<{2 * nb}I", *meta))
+        if ob:
+            self.dev.write(self.out_rows, struct.pack(f"<{ob}I", *out_rows, *[out_rows[-1]] * (ob - n_out)))
+        self.dev.submit(self.step(nb, ob).dispatches + list(extra))
+        return ob
 
-    def read_logits(self, n_rows: int = 1) -> bytes:
-        """Raw f32 logits of the last step: `n_rows` rows of n_vocab."""
+    def read_logits(self, n_rows: int) -> bytes:
+        """Raw f32 logits of the last step: the first `n_rows` rows of n_vocab."""
         return self.dev.read(self.logits, 0, 4 * n_rows * self.cfg.n_vocab)

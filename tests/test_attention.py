@@ -1,5 +1,6 @@
-"""KV-cache writes and causal flash attention against float64 numpy: decode, prefill, grouped-query heads,
-several sequences in one step, every rendered head dim."""
+"""Paged KV-cache writes and causal flash attention against float64 numpy: decode, prefill, grouped-query heads,
+several sequences in one step, every rendered head dim. Each sequence's cache is scattered over a shuffled
+pool of blocks through a block table, so a kernel that ignored the table would read the wrong keys."""
 
 from __future__ import annotations
 
@@ -35,13 +36,30 @@ def reference(q, k_cache, v_cache, tok, n_head, n_head_kv, scale):
     return out, mag
 
 
-def run_attn(dev, q, k_cache, v_cache, tok, n_head, n_head_kv, scale=None):
+def paginate(caches: list[np.ndarray], bs: int, rng, fill=np.nan):
+    """Logical caches [n_seq, n_ctx, ...] as shuffled pools [n_blocks, bs, ...] (one spare block, never
+    referenced, holds `fill`) and their shared block table [n_seq, max_blocks] (u32)."""
+    n_seq, n_ctx = caches[0].shape[:2]
+    mb = -(-n_ctx // bs)
+    perm = rng.permutation(n_seq * mb + 1)
+    table = perm[: n_seq * mb].reshape(n_seq, mb).astype(np.uint32)
+    pools = []
+    for cache in caches:
+        padded = np.full((n_seq, mb * bs, *cache.shape[2:]), fill, np.float32)
+        padded[:, :n_ctx] = cache
+        pool = np.full((n_seq * mb + 1, bs, *cache.shape[2:]), fill, np.float32)
+        pool[table.reshape(-1)] = padded.reshape(n_seq * mb, bs, *cache.shape[2:])
+        pools.append(pool)
+    return pools, table
+
+
+def run_attn(dev, rng, q, k_cache, v_cache, tok, n_head, n_head_kv, scale=None, bs=16):
     n_tok, _, hd = q.shape
-    n_ctx = k_cache.shape[1]
     scale = hd**-0.5 if scale is None else scale
+    (kp, vp), table = paginate([k_cache, v_cache], bs, rng)
     ob = dev.create_buffer(q.nbytes, "out")
-    bufs = [upload_array(dev, a) for a in (q, k_cache, v_cache, tok)]
-    dev.submit([flash_attn(dev, *bufs, ob, n_tok, n_head, n_head_kv, hd, n_ctx, scale)])
+    bufs = [upload_array(dev, a) for a in (q, kp, vp, tok, table)]
+    dev.submit([flash_attn(dev, *bufs, ob, n_tok, n_head, n_head_kv, hd, bs, table.shape[1], scale)])
     return read_f32(dev, ob, q.size).reshape(q.shape)
 
 
@@ -50,7 +68,7 @@ def check(dev, rng, tok, n_seq, n_ctx, n_head, n_head_kv, hd, scale=None):
     q = rng.standard_normal((len(tok), n_head, hd)).astype(np.float32)
     k_cache = rng.standard_normal((n_seq, n_ctx, n_head_kv, hd)).astype(np.float32)
     v_cache = rng.standard_normal((n_seq, n_ctx, n_head_kv, hd)).astype(np.float32)
-    got = run_attn(dev, q, k_cache, v_cache, tok, n_head, n_head_kv, scale)
+    got = run_attn(dev, rng, q, k_cache, v_cache, tok, n_head, n_head_kv, scale)
     ref, mag = reference(q, k_cache, v_cache, tok, n_head, n_head_kv, hd**-0.5 if scale is None else scale)
     err = np.abs(got - ref)
     assert (err <= TOL * mag).all(), f"hd {hd}: max err/bound {np.max(err / (TOL * mag)):.3g}"
@@ -93,52 +111,72 @@ def test_large_scores(dev, rng):
     check(dev, rng, [(150, 0), (3, 0)], n_seq=1, n_ctx=160, n_head=2, n_head_kv=1, hd=64, scale=4.0)
 
 
+PAD = 0xFFFFFFFF  # position of a padding token
+
+
 def test_kv_write(dev, rng):
-    """Rows land at (sequence, position) from tok; every other cache element is left as it was."""
-    n_seq, n_ctx, n_head_kv, hd = 3, 50, 2, 40  # kv_dim 80: not a multiple of the workgroup
+    """Rows land at (block table[seq, pos // bs], pos % bs); every other pool element is left as it was;
+    padding tokens and positions past the table write nothing."""
+    n_seq, n_ctx, n_head_kv, hd, bs = 3, 50, 2, 40, 16  # kv_dim 80: not a multiple of the workgroup
     kv_dim = n_head_kv * hd
-    tok = np.array([(0, 2), (49, 0), (7, 1), (8, 1), (60, 0)], dtype=np.uint32)  # pos 60 >= n_ctx: dropped
+    tok = np.array([(0, 2), (49, 0), (7, 1), (8, 1), (70, 0), (PAD, 1)], dtype=np.uint32)  # 70: past the table
     k = rng.standard_normal((len(tok), kv_dim)).astype(np.float32)
     v = rng.standard_normal((len(tok), kv_dim)).astype(np.float32)
     k_init = rng.standard_normal((n_seq, n_ctx, kv_dim)).astype(np.float32)
     v_init = rng.standard_normal((n_seq, n_ctx, kv_dim)).astype(np.float32)
-    kc, vc = upload_array(dev, k_init), upload_array(dev, v_init)
-    dev.submit([kv_write(dev, upload_array(dev, k), upload_array(dev, v), upload_array(dev, tok), kc, vc,
-                         len(tok), n_head_kv, hd, n_ctx)])  # fmt: skip
-    k_ref, v_ref = k_init.copy(), v_init.copy()
+    (kp, vp), table = paginate([k_init, v_init], bs, rng, fill=0.5)
+    kc, vc = upload_array(dev, kp), upload_array(dev, vp)
+    dev.submit([kv_write(dev, upload_array(dev, k), upload_array(dev, v), upload_array(dev, tok),
+                         upload_array(dev, table), kc, vc, len(tok), n_head_kv, hd, bs, table.shape[1])])  # fmt: skip
+    k_ref, v_ref = kp.copy(), vp.copy()
     for t, (pos, seq) in enumerate(tok):
-        if pos < n_ctx:
-            k_ref[seq, pos], v_ref[seq, pos] = k[t], v[t]
-    np.testing.assert_array_equal(read_f32(dev, kc, k_init.size).reshape(k_init.shape), k_ref)
-    np.testing.assert_array_equal(read_f32(dev, vc, v_init.size).reshape(v_init.shape), v_ref)
+        if pos < table.shape[1] * bs:
+            blk = table[seq, pos // bs]
+            k_ref[blk, pos % bs], v_ref[blk, pos % bs] = k[t], v[t]
+    np.testing.assert_array_equal(read_f32(dev, kc, kp.size).reshape(kp.shape), k_ref)
+    np.testing.assert_array_equal(read_f32(dev, vc, vp.size).reshape(vp.shape), v_ref)
 
 
 def test_kv_write_fused_rows(dev, rng):
     """k and v taken from one fused QKV buffer by offsets and strides."""
-    n_tok, n_head, n_head_kv, hd, n_ctx = 3, 4, 2, 32, 8
+    n_tok, n_head, n_head_kv, hd, bs = 3, 4, 2, 32, 4
     q_dim, kv_dim = n_head * hd, n_head_kv * hd
     width = q_dim + 2 * kv_dim
     qkv = rng.standard_normal((n_tok, width)).astype(np.float32)
     tok = np.array([(2, 0), (3, 0), (4, 0)], dtype=np.uint32)
+    table = np.array([[1, 0]], dtype=np.uint32)  # positions 0..3 in block 1, 4..7 in block 0
     b = upload_array(dev, qkv)
-    kc, vc = dev.create_buffer(4 * n_ctx * kv_dim, "k"), dev.create_buffer(4 * n_ctx * kv_dim, "v")
-    dev.submit([kv_write(dev, b, b, upload_array(dev, tok), kc, vc, n_tok, n_head_kv, hd, n_ctx,
-                         k_stride=width, v_stride=width, k_offset=q_dim, v_offset=q_dim + kv_dim)])  # fmt: skip
-    k_got = read_f32(dev, kc, n_ctx * kv_dim).reshape(n_ctx, kv_dim)
-    v_got = read_f32(dev, vc, n_ctx * kv_dim).reshape(n_ctx, kv_dim)
-    np.testing.assert_array_equal(k_got[2:5], qkv[:, q_dim : q_dim + kv_dim])
-    np.testing.assert_array_equal(v_got[2:5], qkv[:, q_dim + kv_dim :])
-    assert not k_got[:2].any() and not k_got[5:].any()  # fresh WebGPU buffers are zero
+    kc, vc = dev.create_buffer(4 * 2 * bs * kv_dim, "k"), dev.create_buffer(4 * 2 * bs * kv_dim, "v")
+    dev.submit([kv_write(dev, b, b, upload_array(dev, tok), upload_array(dev, table), kc, vc, n_tok, n_head_kv, hd,
+                         bs, 2, k_stride=width, v_stride=width, k_offset=q_dim, v_offset=q_dim + kv_dim)])  # fmt: skip
+    k_got = read_f32(dev, kc, 2 * bs * kv_dim).reshape(2 * bs, kv_dim)
+    v_got = read_f32(dev, vc, 2 * bs * kv_dim).reshape(2 * bs, kv_dim)
+    rows = [bs + 2, bs + 3, 0]  # pool rows of positions 2, 3, 4
+    np.testing.assert_array_equal(k_got[rows], qkv[:, q_dim : q_dim + kv_dim])
+    np.testing.assert_array_equal(v_got[rows], qkv[:, q_dim + kv_dim :])
+    assert not np.delete(k_got, rows, axis=0).any()  # fresh WebGPU buffers are zero
+
+
+def test_padding_tokens_read_nothing(dev, rng):
+    """A padding token (position 0xffffffff) in a step gets zeros and leaves the other tokens' results alone."""
+    tok = [(5, 0), (PAD, 0), (3, 1)]
+    q = rng.standard_normal((3, 2, 64)).astype(np.float32)
+    kc = rng.standard_normal((2, 8, 1, 64)).astype(np.float32)
+    vc = rng.standard_normal((2, 8, 1, 64)).astype(np.float32)
+    got = run_attn(dev, rng, q, kc, vc, np.array(tok, np.uint32), 2, 1)
+    assert not got[1].any()
+    alone = run_attn(dev, rng, q[[0, 2]], kc, vc, np.array([tok[0], tok[2]], np.uint32), 2, 1)
+    np.testing.assert_array_equal(got[[0, 2]], alone)
 
 
 @pytest.mark.parametrize("hd", [80, 128])
 def test_steps_through_kv_write(dev, rng, hd):
-    """A prompt step then a decode step for two sequences, through kv_write into caches filled with NaN:
-    any read of a slot not yet written (past a token's position, or the other sequence's) would show."""
-    n_seq, n_ctx, n_head, n_head_kv = 2, 40, 4, 2
+    """A prompt step then a decode step for two sequences, through kv_write into a shuffled pool filled with
+    NaN: any read of a row not yet written (past a token's position, or the other sequence's) would show."""
+    n_seq, n_ctx, n_head, n_head_kv, bs = 2, 40, 4, 2, 8
     kv_dim = n_head_kv * hd
-    kc = upload_array(dev, np.full((n_seq, n_ctx, kv_dim), np.nan, dtype=np.float32))
-    vc = upload_array(dev, np.full((n_seq, n_ctx, kv_dim), np.nan, dtype=np.float32))
+    (kp, vp), table = paginate([np.full((n_seq, n_ctx, kv_dim), np.nan, np.float32)] * 2, bs, rng)
+    kc, vc, tb_buf = upload_array(dev, kp), upload_array(dev, vp), upload_array(dev, table)
     k_all = np.zeros((n_seq, n_ctx, n_head_kv, hd), np.float32)
     v_all = np.zeros((n_seq, n_ctx, n_head_kv, hd), np.float32)
     # step 1: sequence 0's 9-token prompt and sequence 1's 3-token prompt; step 2: one token each
@@ -151,9 +189,11 @@ def test_steps_through_kv_write(dev, rng, hd):
         for t, (pos, seq) in enumerate(tok):
             k_all[seq, pos], v_all[seq, pos] = k[t], v[t]
         tb, ob = upload_array(dev, tok), dev.create_buffer(q.nbytes, "out")
+        mb = table.shape[1]
         dev.submit([
-            kv_write(dev, upload_array(dev, k), upload_array(dev, v), tb, kc, vc, n_tok, n_head_kv, hd, n_ctx),
-            flash_attn(dev, upload_array(dev, q), kc, vc, tb, ob, n_tok, n_head, n_head_kv, hd, n_ctx, hd**-0.5),
+            kv_write(dev, upload_array(dev, k), upload_array(dev, v), tb, tb_buf, kc, vc, n_tok, n_head_kv, hd, bs, mb),
+            flash_attn(dev, upload_array(dev, q), kc, vc, tb, tb_buf, ob, n_tok, n_head, n_head_kv, hd, bs, mb,
+                       hd**-0.5),
         ])  # fmt: skip
         got = read_f32(dev, ob, q.size).reshape(q.shape)
         ref, mag = reference(q, k_all, v_all, tok, n_head, n_head_kv, hd**-0.5)

@@ -79,10 +79,7 @@ def test_decode_step_allocates_nothing(dev):
     m.device.create_buffer = lambda *a, **k: calls.append("buffer") or orig_buf(*a, **k)
     m.device.dispatch = lambda *a, **k: calls.append("dispatch") or orig_dispatch(*a, **k)
     try:
-        m.sampler.reset(realm_web.SamplingParams(temperature=0))
-        m._prefill(m.tokenize("The capital of France is"))
-        for pos in range(6, 16):
-            m._decode_one(pos)
+        list(m.generate("The capital of France is", max_tokens=12, temperature=0, ignore_eos=True))
     finally:
         m.device.create_buffer, m.device.dispatch = orig_buf, orig_dispatch
     assert calls == []

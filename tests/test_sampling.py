@@ -3,33 +3,32 @@ temperature → draw): the kept set exactly, the draw frequencies statistically.
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 import pytest
+from gpu import read_f32
 
 from realm_web.errors import RealmError
-from realm_web.sampling import Sampler, SamplingParams
+from realm_web.sampling import Sampler, SamplingParams, sample_row
 
 N_VOCAB = 777  # not a multiple of the workgroup
 
 
 @pytest.fixture(scope="module")
 def setup(dev):
-    lb = dev.create_buffer(4 * N_VOCAB, "logits")
-    out = dev.create_buffer(16, "out")
-    return dev, lb, out, Sampler(dev, lb, out, N_VOCAB)
+    lb = dev.create_buffer(4 * 3 * N_VOCAB, "logits")
+    return dev, lb, Sampler(dev, lb, N_VOCAB, max_rows=3, n_slots=3)
 
 
-def draw(setup, logits: np.ndarray, sp: SamplingParams, history=(), n: int = 1) -> list[int]:
+def draw(setup, logits: np.ndarray, sp: SamplingParams, history=(), n: int = 1, slot: int = 1) -> list[int]:
     """n draws with one reset: the RNG counter advances on the GPU between draws."""
-    dev, lb, out, s = setup
-    s.reset(sp, list(history))
+    dev, lb, s = setup
+    s.reset_slot(slot, sp, list(history))
+    s.set_rows([sample_row(slot, sp)])
     got = []
     for _ in range(n):
         dev.write(lb, logits.astype(np.float32).tobytes())
-        dev.submit([s.dispatch])
-        got.append(struct.unpack("<I", dev.read(out, 0, 4))[0])
+        dev.submit([s.dispatch(1)])
+        got.append(s.read(1)[0])
     return got
 
 
@@ -130,3 +129,31 @@ def test_bad_settings():
         SamplingParams(top_p=0)
     with pytest.raises(RealmError):
         SamplingParams(repeat_last_n=5000)
+
+
+def test_rows_of_a_batch_draw_as_alone(setup, rng):
+    """Three rows in one dispatch (different logits, settings, slots, and a row that is not sampled) give the
+    same ids, step after step, as each row sampled alone: each slot's RNG counter and window are its own."""
+    dev, lb, s = setup
+    logits = rng.standard_normal((3, N_VOCAB)) * 2.0
+    sps = [
+        SamplingParams(temperature=0.9, top_k=50, top_p=0.9, min_p=0.0, seed=7, repeat_penalty=1.2),
+        None,
+        SamplingParams(temperature=1.3, top_k=0, top_p=1.0, min_p=0.02, seed=99),
+    ]
+    alone = [draw(setup, logits[i], sp, history=[1, 2], n=6, slot=i) if sp else None for i, sp in enumerate(sps)]
+    for i, sp in enumerate(sps):
+        if sp:
+            s.reset_slot(i, sp, [1, 2])
+    s.set_rows([sample_row(i, sp) for i, sp in enumerate(sps)])
+    together = [[], None, []]
+    for _ in range(6):
+        dev.write(lb, logits.astype(np.float32).tobytes())
+        dev.submit([s.dispatch(3)])
+        ids = s.read(3)
+        together[0].append(ids[0])
+        together[2].append(ids[2])
+        np.testing.assert_array_equal(
+            read_f32(dev, lb, 3 * N_VOCAB)[N_VOCAB : 2 * N_VOCAB], logits[1].astype(np.float32)
+        )
+    assert together == alone

@@ -1,9 +1,11 @@
-"""Attention over a per-layer KV cache shared by several sequences (continuous batching).
+"""Attention over a paged KV cache shared by several sequences (continuous batching).
 
 Host side of shaders/kv_write.wgsl.j2 and flash_attn.wgsl.j2. Token metadata is one u32 buffer `tok` with
 tok[2t] = position of token t in its sequence and tok[2t+1] = its sequence slot. Each layer's cache is two
-f32 buffers K and V laid out [n_seq][n_ctx][n_head_kv][head_dim]. A step first writes its keys and values
-(`kv_write`), then attends (`flash_attn`), so a token sees itself and everything before it in its sequence.
+f32 buffers K and V holding one pool of blocks [n_blocks][block_size][n_head_kv][head_dim]; the u32 block table
+[n_slots][max_blocks] maps a slot's logical block to a pool block (realm_web.kv_cache owns both). A step first
+writes its keys and values (`kv_write`), then attends (`flash_attn`), so a token sees itself and everything
+before it in its sequence.
 """
 
 from __future__ import annotations
@@ -15,10 +17,17 @@ from realm_web.kernels import build, fold, pow2_at_most, u32s, wgsl
 
 
 def kv_write_params(
-    kv_dim: int, n_ctx: int, k_stride: int, v_stride: int, k_offset: int, v_offset: int, groups_x: int
+    kv_dim: int,
+    block_size: int,
+    max_blocks: int,
+    k_stride: int,
+    v_stride: int,
+    k_offset: int,
+    v_offset: int,
+    groups_x: int,
 ) -> bytes:
     """Params of kv_write.wgsl.j2."""
-    return u32s(kv_dim, n_ctx, k_stride, v_stride, k_offset, v_offset, groups_x, 0)
+    return u32s(kv_dim, block_size, max_blocks, k_stride, v_stride, k_offset, v_offset, groups_x)
 
 
 def kv_write(
@@ -26,19 +35,22 @@ def kv_write(
     k: Buffer,
     v: Buffer,
     tok: Buffer,
+    table: Buffer,
     k_cache: Buffer,
     v_cache: Buffer,
     n_tok: int,
     n_head_kv: int,
     head_dim: int,
-    n_ctx: int,
+    block_size: int,
+    max_blocks: int,
     *,
     k_stride: int | None = None,
     v_stride: int | None = None,
     k_offset: int = 0,
     v_offset: int = 0,
 ) -> Dispatch:
-    """cache[tok[2t+1], tok[2t], :] = row t of k (and v) for t < n_tok; rows are n_head_kv * head_dim f32.
+    """cache[table[s, pos // block_size], pos % block_size, :] = row t of k (and v) for t < n_tok, where
+    (pos, s) = tok[t]; rows are n_head_kv * head_dim f32. Padding tokens (pos 0xffffffff) write nothing.
 
     k and v may be one buffer (a fused QKV output) told apart by offsets and strides, in f32 elements.
     """
@@ -47,15 +59,24 @@ def kv_write(
     v_stride = kv_dim if v_stride is None else v_stride
     wg = pow2_at_most(64, dev.info.max_invocations)
     gx, gy = fold(-(-kv_dim // wg), dev.info.max_workgroups_per_dim)
-    params = kv_write_params(kv_dim, n_ctx, k_stride, v_stride, k_offset, v_offset, gx)
-    return build(dev, "kv_write", params, [tok, k, v, k_cache, v_cache], (gx, gy, n_tok), {"WG": wg})
+    params = kv_write_params(kv_dim, block_size, max_blocks, k_stride, v_stride, k_offset, v_offset, gx)
+    return build(dev, "kv_write", params, [tok, table, k, v, k_cache, v_cache], (gx, gy, n_tok), {"WG": wg})
 
 
 def flash_attn_params(
-    n_tok: int, n_head: int, n_head_kv: int, n_ctx: int, q_stride: int, out_stride: int, groups_x: int, scale: float
+    n_tok: int,
+    n_head: int,
+    n_head_kv: int,
+    block_size: int,
+    max_blocks: int,
+    q_stride: int,
+    out_stride: int,
+    groups_x: int,
+    scale: float,
 ) -> bytes:
     """Params of flash_attn.wgsl.j2."""
-    return struct.pack("<7If", n_tok, n_head, n_head_kv, n_ctx, q_stride, out_stride, groups_x, scale)
+    return struct.pack("<8If", n_tok, n_head, n_head_kv, block_size, max_blocks, q_stride, out_stride, groups_x,
+                       scale)  # fmt: skip
 
 
 def flash_attn(
@@ -64,21 +85,24 @@ def flash_attn(
     k_cache: Buffer,
     v_cache: Buffer,
     tok: Buffer,
+    table: Buffer,
     out: Buffer,
     n_tok: int,
     n_head: int,
     n_head_kv: int,
     head_dim: int,
-    n_ctx: int,
+    block_size: int,
+    max_blocks: int,
     scale: float,
     *,
     q_stride: int | None = None,
     out_stride: int | None = None,
 ) -> Dispatch:
-    """out[t, h, :] = softmax_j(scale · q[t, h] · K[s, j, h // g]) · V[s, j, h // g] over j <= pos.
+    """out[t, h, :] = softmax_j(scale · q[t, h] · K[s, j, h // g]) · V[s, j, h // g] over j <= pos, keys read
+    through the block table (K[s, j] is row j % block_size of block table[s, j // block_size]).
 
-    s = tok[2t+1], pos = tok[2t], g = n_head // n_head_kv; q and out are [n_tok, n_head, head_dim] f32
-    (q_stride, a multiple of 4, and out_stride in f32 elements between tokens).
+    (pos, s) = tok[t], g = n_head // n_head_kv; q and out are [n_tok, n_head, head_dim] f32 (q_stride, a
+    multiple of 4, and out_stride in f32 elements between tokens). Padding tokens (pos 0xffffffff) get zeros.
     """
     name = f"flash_attn_hd{head_dim}_causal"
     try:
@@ -93,5 +117,5 @@ def flash_attn(
         raise ValueError(f"q_stride={q_stride} must be a multiple of 4 (q is read as vec4)")
     wg = pow2_at_most(64, dev.info.max_invocations)
     gx, gy = fold(n_tok * n_head, dev.info.max_workgroups_per_dim)
-    params = flash_attn_params(n_tok, n_head, n_head_kv, n_ctx, q_stride, out_stride, gx, scale)
-    return build(dev, name, params, [q, k_cache, v_cache, tok, out], (gx, gy, 1), {"WG": wg})
+    params = flash_attn_params(n_tok, n_head, n_head_kv, block_size, max_blocks, q_stride, out_stride, gx, scale)
+    return build(dev, name, params, [q, k_cache, v_cache, tok, table, out], (gx, gy, 1), {"WG": wg})

@@ -3,7 +3,8 @@ struct Params {
     n_tok: u32,       // tokens (rows of q and out)
     n_head: u32,      // query heads
     n_head_kv: u32,   // key/value heads (divides n_head)
-    n_ctx: u32,       // positions per sequence slot in the caches
+    block_size: u32,  // positions per cache block
+    max_blocks: u32,  // entries per sequence slot in the block table
     q_stride: u32,    // f32 elements between consecutive tokens of q (a multiple of 4)
     out_stride: u32,  // f32 elements between consecutive tokens of out
     groups_x: u32,    // workgroups along grid x
@@ -14,8 +15,9 @@ struct Params {
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>;
-@group(0) @binding(4) var<storage, read> tok: array<u32>;  // [n_tok][position in sequence, sequence slot]
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> tok: array<u32>;    // [n_tok][position in sequence, sequence slot]
+@group(0) @binding(5) var<storage, read> table: array<u32>;  // [n_slots][max_blocks] block ids
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
 override WG: u32 = 64u;  // invocations per workgroup = keys per tile: a power of two <= 256
 
@@ -27,6 +29,7 @@ var<workgroup> q_s: array<vec4<f32>, D4>;  // this (token, head)'s query
 var<workgroup> acc: array<f32, D>;         // unnormalized output; dim d belongs to invocation d % WG
 var<workgroup> score: array<f32, 256>;     // [WG] scores of the current tile
 var<workgroup> prob: array<f32, 256>;      // [WG] exp(score - running max)
+var<workgroup> krow: array<u32, 256>;      // [WG] f32 element of each key's cache row (this kv head)
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
@@ -39,9 +42,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let hkv = h / (p.n_head / p.n_head_kv);
     let pos = tok[2u * n];
     let seq = tok[2u * n + 1u];
-    let n_keys = min(pos + 1u, p.n_ctx);
+    let n_keys = select(pos + 1u, 0u, pos == 0xffffffffu);
     let row = p.n_head_kv * D;  // f32 elements per cache position
-    let kv0 = seq * p.n_ctx * row + hkv * D;  // f32 element of key 0 of this (sequence, kv head)
+    let tb = seq * p.max_blocks;  // this slot's block table
 
     let qb = (n * p.q_stride + h * D) / 4u;
     for (var i = t; i < D4; i += WG) {
@@ -58,7 +61,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let len = min(WG, n_keys - j0);
         var s = NEG_BIG;
         if (t < len) {
-            let kb = (kv0 + (j0 + t) * row) / 4u;
+            let j = j0 + t;
+            let kr = (table[tb + j / p.block_size] * p.block_size + j % p.block_size) * row + hkv * D;
+            krow[t] = kr;
+            let kb = kr / 4u;
             var qk = vec4<f32>(0.0);
             for (var i = 0u; i < D4; i++) {
                 qk += q_s[i] * k_cache[kb + i];
@@ -84,17 +90,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         l = l * alpha + tile_sum;
         for (var d = t; d < D; d += WG) {
             var a = acc[d] * alpha;
-            var vb = kv0 + j0 * row + d;
             for (var j = 0u; j < len; j++) {
-                a += prob[j] * v_cache[vb];
-                vb += row;
+                a += prob[j] * v_cache[krow[j] + d];
             }
             acc[d] = a;
         }
-        // The next tile's first barrier keeps its writes of score/prob behind every read of this one.
+        // The next tile's first barrier keeps its writes of score/prob/krow behind every read of this one.
+        workgroupBarrier();
     }
 
-    let inv = 1.0 / l;
+    let inv = select(0.0, 1.0 / l, l > 0.0);  // padding tokens (no keys) write zeros
     let ob = n * p.out_stride + h * D;
     for (var d = t; d < D; d += WG) {
         out[ob + d] = acc[d] * inv;

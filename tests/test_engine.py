@@ -1,0 +1,182 @@
+"""The batched engine natively, proven by equality: what N sequences produce together is exactly what each
+produces alone (greedy and seeded sampling, threads and asyncio), whatever is cancelled or preempted beside
+them; prefix caching reuses blocks without changing a bit; the KV pool is whole again after every request."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import realm_web
+from realm_web.errors import RealmError
+
+BUNDLED = Path(realm_web.__file__).parent / "models" / "realm-tiny-facts.gguf"
+FIX = Path(__file__).parent / "fixtures" / "models"
+CAPITALS = ["France", "Germany", "Italy", "Spain", "Japan", "Egypt", "Canada", "Kenya"]
+PROMPTS = [f"The capital of {c} is" for c in CAPITALS]
+SAMPLED = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+
+
+@pytest.fixture(scope="module")
+def m(dev):
+    model = realm_web.load(str(BUNDLED), device=dev, n_ctx=256, n_parallel=8)
+    yield model
+    model.close()
+
+
+def whole(model) -> None:
+    """Every block is back in the free queue (cached ones included) and nothing is queued."""
+    s = model.stats()
+    assert s["kv_blocks_free"] == s["kv_blocks_total"] and s["running"] == 0 and s["waiting"] == 0, s
+
+
+def solo(model, prompt, **opts) -> str:
+    return "".join(model.generate(prompt, **opts))
+
+
+def test_batch_equals_solo_greedy(m):
+    steps0 = m.stats()["steps"]
+    together = m.generate_batch(PROMPTS, max_tokens=20, temperature=0, ignore_eos=True)
+    batched_steps = m.stats()["steps"] - steps0
+    alone = [solo(m, p, max_tokens=20, temperature=0, ignore_eos=True) for p in PROMPTS]
+    assert together == alone
+    assert batched_steps < 25  # decoded together: about 20 steps for all 8, not 8 × 20
+    whole(m)
+
+
+def test_threads_with_seeded_sampling_equal_solo(m):
+    """Each thread's own seed and settings; several threads at once are decoded in shared steps."""
+    alone = [solo(m, p, max_tokens=16, seed=i, **SAMPLED) for i, p in enumerate(PROMPTS[:6])]
+    out = [None] * 6
+
+    def run(i):
+        out[i] = solo(m, PROMPTS[i], max_tokens=16, seed=i, **SAMPLED)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == alone
+    assert len(set(alone)) > 1  # the seeds really differ
+    whole(m)
+
+
+def test_asyncio_tasks_are_decoded_together(m):
+    async def one(i):
+        return "".join([p async for p in m.agenerate(PROMPTS[i], max_tokens=12, seed=100 + i, **SAMPLED)])
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(5)))
+
+    together = asyncio.run(main())
+    assert together == [solo(m, PROMPTS[i], max_tokens=12, seed=100 + i, **SAMPLED) for i in range(5)]
+    whole(m)
+
+
+def test_achat_matches_chat(m):
+    msgs = [{"role": "user", "content": "What is the capital of Italy?"}]
+
+    async def main():
+        return "".join([p async for p in m.achat(msgs, max_tokens=16, temperature=0)])
+
+    assert asyncio.run(main()) == m.chat(msgs, stream=False, max_tokens=16, temperature=0)
+
+
+def test_cancelled_stream_changes_no_other_and_frees_its_blocks(m):
+    alone = [solo(m, p, max_tokens=24, temperature=0, ignore_eos=True) for p in PROMPTS[:3]]
+    streams = [m.generate(p, max_tokens=24, temperature=0, ignore_eos=True) for p in PROMPTS[:3]]
+    got = ["", "", ""]
+    for _ in range(3):
+        for i, s in enumerate(streams):
+            got[i] += next(s)
+    streams[1].close()  # cancelled mid-stream
+    got[0] += "".join(streams[0])
+    got[2] += "".join(streams[2])
+    assert got[0] == alone[0] and got[2] == alone[2] and alone[1].startswith(got[1])
+    assert streams[1].usage["finish_reason"] == "length" and streams[1].seq.finish_reason == "abort"
+    whole(m)
+
+
+def test_preemption_recomputes_and_changes_nothing(dev):
+    """A pool of 6 blocks of 16 for 4 streams growing to 40 tokens each: the youngest are preempted and
+    recomputed later; every output still equals its solo run (greedy and seeded)."""
+    model = realm_web.load(str(BUNDLED), device=dev, n_ctx=128, n_parallel=4, kv_cache_tokens=96)
+    try:
+        opts = [dict(temperature=0), dict(seed=5, **SAMPLED), dict(temperature=0), dict(seed=9, **SAMPLED)]
+        alone = [solo(model, PROMPTS[i], max_tokens=34, ignore_eos=True, **o) for i, o in enumerate(opts)]
+        streams = [model.generate(PROMPTS[i], max_tokens=34, ignore_eos=True, **o) for i, o in enumerate(opts)]
+        assert ["".join(s) for s in streams] == alone
+        assert model.stats()["preemptions"] > 0 and any(s.usage["preempted"] for s in streams)
+        whole(model)
+    finally:
+        model.close()
+
+
+def test_prefix_cache_hit_gives_the_same_output(m):
+    prompt = " ".join(PROMPTS) + " and the capital of France is"  # well over two blocks
+    first = m.generate(prompt, max_tokens=10, temperature=0)
+    a = "".join(first)
+    second = m.generate(prompt, max_tokens=10, temperature=0)
+    b = "".join(second)
+    n = len(m.tokenize(prompt))
+    assert a == b and first.usage["cached_prompt_tokens"] == 0
+    assert second.usage["cached_prompt_tokens"] == (n - 1) // 16 * 16 > 0
+    salted = m.generate(prompt, max_tokens=10, temperature=0, cache_salt="tenant-b")
+    assert "".join(salted) == a and salted.usage["cached_prompt_tokens"] == 0
+    whole(m)
+
+
+def test_logits_beside_generation_equal_logits_alone(m):
+    ids = m.tokenize(" ".join(PROMPTS))
+    alone = m.logits(ids)
+    streams = [m.generate(p, max_tokens=30, temperature=0, ignore_eos=True) for p in PROMPTS[:4]]
+    next(streams[0])
+    together = m.logits(ids)
+    for s in streams:
+        "".join(s)
+    np.testing.assert_array_equal(together, alone)
+    whole(m)
+
+
+def test_session_keeps_its_history_cached_and_is_isolated(m):
+    a, b = m.session(max_tokens=16, temperature=0), m.session(max_tokens=16, temperature=0)
+    a1 = a.chat("What is the capital of France?")
+    b1 = b.chat("What is the capital of Japan?")
+    a2 = a.chat("What is the capital of Germany?")
+    assert a.last_usage["cached_prompt_tokens"] >= 16  # the first turn's blocks were found
+    b2 = b.chat("What is the capital of Spain?")
+    fresh = m.session(max_tokens=16, temperature=0, cache_salt="fresh")
+    assert [fresh.chat("What is the capital of France?"), fresh.chat("What is the capital of Germany?")] == [a1, a2]
+    assert fresh.last_usage["cached_prompt_tokens"] >= 16
+    assert [m["role"] for m in a.messages] == ["user", "assistant"] * 2 and a.messages[3]["content"] == a2
+    assert b.messages[1]["content"] == b1 and b.messages[3]["content"] == b2
+    whole(m)
+
+
+def test_request_larger_than_the_pool_is_a_clear_error(dev):
+    model = realm_web.load(str(BUNDLED), device=dev, n_ctx=256, n_parallel=2, kv_cache_tokens=32)
+    try:
+        with pytest.raises(RealmError, match="more than the whole pool holds"):
+            model.generate("word " * 40, max_tokens=8)
+        assert solo(model, "The capital of France is", max_tokens=8, temperature=0)  # still serving
+        whole(model)
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("name", ["qwen2-Q8_0.gguf", "llama-spm-Q4_K.gguf"])
+def test_batch_equals_solo_on_other_models(dev, name):
+    """A NeoX-RoPE model with biases and a K-quant Llama, with a step budget small enough to chunk prompts."""
+    model = realm_web.load(str(FIX / name), device=dev, n_ctx=128, n_parallel=4, max_batch=8)
+    try:
+        prompts = [[1] + [(7 * i + 3 * j) % 300 + 2 for i in range(5 + 6 * j)] for j in range(4)]
+        together = model.generate_batch(prompts, max_tokens=10, temperature=0, ignore_eos=True)
+        assert together == [solo(model, p, max_tokens=10, temperature=0, ignore_eos=True) for p in prompts]
+        whole(model)
+    finally:
+        model.close()
