@@ -4,8 +4,9 @@ The browser twin of `cli.py`: it turns JS arguments into `Model` calls and resul
 Model bytes come from a JS `read(offset, length) => Promise<Uint8Array>` (the SDK reads its OPFS cache or
 the network with HTTP Range), so the file is never whole in wasm memory; weights go to the GPU in bounded
 chunks. Everything that touches the GPU awaits through `run_sync`: JS must call these functions with
-`callPromising`. Per generated token, Python and JS cross a constant few times (write the position, replay
-the recorded step, read the sampled id, hand the text piece to `on_token`).
+`callPromising`, one at a time (js/src/runtime.js serializes them). Requests are submitted to the batched
+engine and the SDK drives its steps; per step, Python and JS cross a constant few times plus one `on_event`
+call per request in the step.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from pyodide.ffi import run_sync, to_js
 
 from realm_web.bench import bench_model
 from realm_web.device import get_device
-from realm_web.errors import SourceError
+from realm_web.errors import DeviceLostError, SourceError
 from realm_web.gguf import read_gguf
 from realm_web.model import Model, TextStream
-from realm_web.sampling import SamplingParams
+from realm_web.sequence import Event, Sequence
 from realm_web.source import check_length, check_range
 
 _SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed")
@@ -54,11 +55,30 @@ class JSSource:
         return check_length(data, offset, length, self.name)
 
 
+def _usage(seq: Sequence) -> dict[str, Any]:
+    """A finished request's usage record, with its timings."""
+    u = seq.usage()
+    n_new, t_end = u["completion_tokens"], time.perf_counter()
+    prefill_s = (seq.t_first or t_end) - seq.t_submit
+    decode_s = t_end - seq.t_first if seq.t_first is not None else 0.0
+    u.update(
+        prefill_ms=prefill_s * 1e3,
+        decode_ms=decode_s * 1e3,
+        time_to_first_token_ms=prefill_s * 1e3,
+        prefill_tokens_per_s=u["prompt_tokens"] / prefill_s if prefill_s > 0 else 0.0,
+        # the first token comes out of prefill; decode produced the other n_new - 1
+        decode_tokens_per_s=(n_new - 1) / decode_s if n_new > 1 and decode_s > 0 else 0.0,
+    )
+    return u
+
+
 class WebModel:
-    """A loaded model as the SDK sees it (one per engine)."""
+    """A loaded model as the SDK sees it (one per engine). Requests are batched by the engine: the SDK submits
+    them, then drives `step` while any is in flight (Pyodide has no threads: the engine runs when stepped)."""
 
     def __init__(self, model: Model):
         self.model = model
+        self._requests: dict[int, Sequence] = {}
 
     def info(self) -> Any:
         m, c, d = self.model, self.model.config, self.model.device.info
@@ -69,52 +89,54 @@ class WebModel:
             "max_storage_binding": d.max_storage_binding, "max_buffer": d.max_buffer,
         })  # fmt: skip
 
-    def generate(self, request: Any, on_token: Any) -> Any:
-        """Run one request ({prompt} or {messages} plus sampling settings); `on_token(piece)` is called once per
-        token and stops generation by returning true. Returns the usage record."""
+    def submit(self, request: Any, on_event: Any) -> int:
+        """Queue one request ({prompt} or {messages} plus sampling settings) in the batched engine; returns its id.
+        `on_event(piece, done, usage, error_type, error_message)` is called from `step` once per token (piece
+        may be "") and a last time with done = true and the usage record. Bad input raises here."""
         req = _py(request) or {}
         m = self.model
         msgs = req.get("messages")
-        ids = m.chat_ids(msgs) if msgs is not None else m.tokenize(str(req.get("prompt", "")))
-        max_tokens = int(req.get("max_tokens") or 256)
+        prompt = m.chat_ids(msgs) if msgs is not None else m.tokenize(str(req.get("prompt", "")))
         given = {k: req[k] for k in _SAMPLING_KEYS if req.get(k) is not None}
         given.setdefault("seed", random.getrandbits(32))  # as OpenAI's API: no seed, a different draw each time
-        sp = SamplingParams(**given)
-        stream = TextStream(m.tokenizer, [str(s) for s in req.get("stop") or ()])
-        t0 = time.perf_counter()
-        t_first = None
-        aborted = False
-        gen = m.generate_ids(ids, max_tokens, sp)
-        for tok in gen:
-            if t_first is None:
-                t_first = time.perf_counter()
-            piece = stream.feed(tok)
-            if stream.stopped:
-                m.last_usage["finish_reason"] = "stop"
-            if on_token(piece) or stream.stopped:
-                aborted = not stream.stopped
-                gen.close()
-                break
-        else:
-            tail = stream.flush()
-            if tail:
-                on_token(tail)
-        t_end = time.perf_counter()
-        u = dict(m.last_usage)
-        n_new = u["completion_tokens"]
-        prefill_s = (t_first or t_end) - t0
-        decode_s = t_end - t_first if t_first is not None else 0.0
-        u.update(
-            total_tokens=u["prompt_tokens"] + n_new,
-            finish_reason="abort" if aborted else u["finish_reason"],
-            time_to_first_token_ms=prefill_s * 1e3,
-            prefill_ms=prefill_s * 1e3,
-            decode_ms=decode_s * 1e3,
-            prefill_tokens_per_s=u["prompt_tokens"] / prefill_s if prefill_s > 0 else 0.0,
-            # the first token comes out of prefill; decode produced the other n_new - 1
-            decode_tokens_per_s=(n_new - 1) / decode_s if n_new > 1 and decode_s > 0 else 0.0,
-        )
-        return _js(u)
+        stop = [str(s) for s in req.get("stop") or ()]
+        r = m.request(prompt, int(req.get("max_tokens") or 256), stop=stop, cache_salt=req.get("cache_salt"), **given)
+        seq = Sequence(r.ids, r.sampling, r.max_tokens, lambda ev: self._event(ev, on_event), r.stop, r.cache_salt)
+        seq.text = TextStream(m.tokenizer, r.stop)
+        m.engine.submit(seq)
+        self._requests[seq.id] = seq
+        return seq.id
+
+    def _event(self, ev: Event, on_event: Any) -> None:
+        if not ev.finished:
+            on_event(ev.piece, False, None, None, None)
+            return
+        seq = self._requests.pop(ev.seq.id, None) or ev.seq
+        err = ev.error
+        on_event(ev.piece, True, _js(_usage(seq)), type(err).__name__ if err else None, str(err) if err else None)
+
+    def cancel(self, request_id: int) -> None:
+        """Stop request `request_id`: it ends (finish reason "abort") and frees its KV blocks at the next step."""
+        seq = self._requests.get(int(request_id))
+        if seq is not None:
+            self.model.engine.cancel(seq)
+
+    def step(self) -> bool:
+        """Run one engine step for every request in flight (the SDK calls this in a loop while it returns true).
+        Events go to the requests' `on_event`; a failure ends every request in flight and is raised."""
+        e = self.model.engine
+        try:
+            e.step()
+        except Exception as err:
+            if isinstance(err, DeviceLostError):
+                e.dead = err
+            e.fail_all(err)
+            raise
+        return e.pending()
+
+    def stats(self) -> Any:
+        """The engine's counters (waiting, running, KV blocks, prefix-cache hits)."""
+        return _js(self.model.stats())
 
     def logits(self, ids: Any) -> Any:
         """Teacher-forced logits: a Uint8Array of little-endian f32 [len(ids), n_vocab]."""
@@ -142,9 +164,11 @@ class WebModel:
 
 def load(read: Any, size: int, progress: Any = None, options: Any = None) -> WebModel:
     """Parse the GGUF behind `read`, open the browser's WebGPU device and stream the weights into it.
-    `progress(phase, done, total)` reports the upload; options: n_ctx, max_batch, chat_template, features."""
+    `progress(phase, done, total)` reports the upload; options: n_ctx, max_batch, chat_template, n_parallel,
+    kv_cache_tokens, features."""
     given = {k: v for k, v in (_py(options) or {}).items() if v is not None}
-    opts = {k: v for k, v in given.items() if k in ("n_ctx", "max_batch", "chat_template")}
+    keys = ("n_ctx", "max_batch", "chat_template", "n_parallel", "kv_cache_tokens")
+    opts = {k: v for k, v in given.items() if k in keys}
     gf = read_gguf(JSSource(read, size))
     if "features" in given:  # restrict the optional WebGPU features used (e.g. [] for no subgroups)
         opts.update(device=get_device(features=tuple(given["features"])), owns_device=True)

@@ -1,5 +1,6 @@
-// The Engine a page holds: a serial queue of requests to a Host (in a worker or on the page), and the
-// OpenAI-style chat.completions API over it.
+// The Engine a page holds: requests to a Host (in a worker or on the page) and the OpenAI-style
+// chat.completions API over it. Generations run concurrently (the Python engine batches them); other calls
+// (logits, tokenize, ...) keep a serial queue.
 
 import { abortedBeforeStart } from "./client.js";
 import { DeviceLostError, RealmError } from "./errors.js";
@@ -13,7 +14,7 @@ export class Engine {
   constructor(client, record, loaded) {
     this._client = client;
     this._queue = Promise.resolve();
-    this._current = null; // {ctrl: AbortController} of the running generation
+    this._current = new Set(); // {ctrl: AbortController} of each generation in flight
     this._dead = null; // the error every later call fails with (device lost, unloaded)
     /** The id the engine was created with (registry id or URL). */
     this.modelId = record.id;
@@ -26,10 +27,11 @@ export class Engine {
   }
 
   /**
-   * Run `op` after every earlier request. A signal aborted while the request waits rejects it at once.
+   * Run `op` after every earlier request (`serial`, the default), or at once beside the others (generations:
+   * the engine batches them). A signal aborted while the request waits rejects it at once.
    * @internal
    */
-  _enqueue(op, args, handlers = {}) {
+  _enqueue(op, args, handlers = {}, serial = true) {
     const { signal } = handlers;
     if (this._dead) return Promise.reject(this._deadError());
     if (signal?.aborted) return Promise.reject(abortedBeforeStart(signal));
@@ -46,8 +48,8 @@ export class Engine {
         throw e;
       }
     };
-    const result = this._queue.then(run, run);
-    this._queue = result.catch(() => {});
+    const result = serial ? this._queue.then(run, run) : run();
+    if (serial) this._queue = result.catch(() => {});
     if (!signal) return result;
     return new Promise((resolve, reject) => {
       const onAbort = () => {
@@ -88,10 +90,8 @@ export class Engine {
       const result = await this._enqueue("generate", { request }, {
         onToken: tokenHandler,
         signal: ctrl.signal,
-        onStart: () => (this._current = running),
-      }).finally(() => {
-        if (this._current === running) this._current = null;
-      });
+        onStart: () => this._current.add(running),
+      }, false).finally(() => this._current.delete(running));
       if (callbackError) throw callbackError;
       return result;
     } catch (e) {
@@ -197,9 +197,9 @@ export class Engine {
     return chunks();
   }
 
-  /** Stop the generation that is running now (its promise rejects with AbortError; queued ones still run). */
+  /** Stop every generation in flight (their promises reject with AbortError). */
   interruptGenerate() {
-    this._current?.ctrl.abort();
+    for (const running of this._current) running.ctrl.abort();
   }
 
   /** Token ids of `text` (with the model's BOS when it adds one). @returns {Promise<number[]>} */

@@ -96,7 +96,10 @@ export class Host {
       });
       const [runtime, source] = await Promise.all([runtimeP, sourceP]);
       const t1 = performance.now();
-      const options = { n_ctx: config.n_ctx, chat_template: config.chat_template, max_batch: config.max_batch, features: config.features };
+      const options = {
+        n_ctx: config.n_ctx, chat_template: config.chat_template, max_batch: config.max_batch, features: config.features,
+        n_parallel: config.n_parallel, kv_cache_tokens: config.kv_cache_tokens,
+      };
       this.model = await runtime.loadModel(source, options, (done, total) =>
         progress.update("upload", total ? done / total : 0, done, total, `Uploading weights to the GPU: ${mib(done)} / ${mib(total)} MiB`),
       );
@@ -109,19 +112,21 @@ export class Host {
     },
 
     /**
-     * {request} -> {text, finishReason, usage}. `onToken(piece)` per non-empty piece; `abort.aborted` is read
-     * once per token and stops generation there (then AbortError with .partialText and .usage).
+     * {request} -> {text, finishReason, usage}. Concurrent calls are decoded together by the engine.
+     * `onToken(piece)` per non-empty piece; `abort.aborted` is read before every engine step and cancels this
+     * request alone (then AbortError with .partialText and .usage).
      */
     async generate({ request }, { onToken, abort }) {
       const model = this._model();
       let text = "";
-      const usage = await model.generate(request, (piece) => {
-        if (piece) {
+      const usage = await model.generate(
+        request,
+        (piece) => {
           text += piece;
           onToken?.(piece);
-        }
-        return !!abort?.aborted;
-      });
+        },
+        abort,
+      );
       this.lastUsage = usage;
       const finishReason = usage.finish_reason;
       delete usage.finish_reason;
@@ -149,7 +154,8 @@ export class Host {
     },
 
     async stats() {
-      return { model: this.record?.id ?? null, adapter: this.model?.info?.adapter ?? null, load: this.loadStats, lastUsage: this.lastUsage };
+      const engine = this.model ? await this.model.stats() : null;
+      return { model: this.record?.id ?? null, adapter: this.model?.info?.adapter ?? null, load: this.loadStats, lastUsage: this.lastUsage, engine };
     },
 
     /** Test hook: destroy the GPU device (the real device-lost path). */

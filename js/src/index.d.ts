@@ -53,8 +53,12 @@ export interface AppConfig {
   n_ctx?: number;
   /** A Jinja chat template overriding the file's. */
   chat_template?: string;
-  /** Advanced: the largest prompt chunk processed at once. */
+  /** Advanced: tokens per engine step (the largest prompt chunk processed at once). */
   max_batch?: number;
+  /** The most requests decoded together (default 4; `nParallel` overrides it). */
+  n_parallel?: number;
+  /** Advanced: positions in the paged KV cache shared by all requests (default: n_parallel contexts of ≤ 1024). */
+  kv_cache_tokens?: number;
   /** Advanced: restrict the optional WebGPU features used (e.g. [] to run without subgroups). */
   features?: string[];
 }
@@ -83,6 +87,11 @@ export interface CreateEngineOptions {
   appConfig?: AppConfig;
   /** Run the engine in a module Web Worker (default true) so the page never freezes. */
   useWorker?: boolean;
+  /**
+   * The most requests decoded together (default 4): concurrent `chat.completions.create` and `generate` calls
+   * on one engine share each step's read of the weights; more wait in a queue. Same as `appConfig.n_parallel`.
+   */
+  nParallel?: number;
 }
 
 /** What realm_web reports about the loaded model and the GPU. */
@@ -230,9 +239,32 @@ export interface RuntimeStats {
     totalMs: number;
   } | null;
   lastUsage: CompletionUsage | null;
+  /** The batched engine's counters now. */
+  engine: EngineStats | null;
 }
 
-/** A loaded model. Requests on one engine run one at a time, in call order. */
+/** The batched engine's counters (what `realm-web serve`'s /metrics reports natively). */
+export interface EngineStats {
+  /** Requests queued, not yet admitted (or preempted, to be recomputed). */
+  waiting: number;
+  /** Requests holding a slot and KV blocks (prefilling or decoding). */
+  running: number;
+  kv_blocks_total: number;
+  kv_blocks_free: number;
+  kv_blocks_used: number;
+  /** Free blocks that still hold a cached prefix. */
+  kv_blocks_cached: number;
+  prefix_cache_hit_tokens: number;
+  prefix_cache_query_tokens: number;
+  preemptions: number;
+  /** Engine steps run so far (each one read of the weights for every request in it). */
+  steps: number;
+}
+
+/**
+ * A loaded model. Concurrent `chat.completions.create` and `generate` calls are decoded together (up to
+ * `nParallel` at once, the rest queued); other calls run one at a time, in call order.
+ */
 export declare class Engine {
   private constructor();
   /** The id (or URL) the engine was created with. */

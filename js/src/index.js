@@ -30,7 +30,7 @@ function pageBase() {
  * @returns {Promise<Engine>}
  * @throws {UnknownModelError | NoWebGPUError | DeviceError | DownloadError | IntegrityError | ModelError | OutOfMemoryError}
  */
-export async function createEngine(modelIdOrUrl, { initProgressCallback, appConfig = {}, useWorker = true } = {}) {
+export async function createEngine(modelIdOrUrl, { initProgressCallback, appConfig = {}, useWorker = true, nParallel } = {}) {
   const t0 = performance.now();
   const record = await resolveModel(modelIdOrUrl, appConfig);
   const config = {
@@ -40,6 +40,8 @@ export async function createEngine(modelIdOrUrl, { initProgressCallback, appConf
     chat_template: appConfig.chat_template,
     max_batch: appConfig.max_batch,
     features: appConfig.features,
+    n_parallel: nParallel ?? appConfig.n_parallel,
+    kv_cache_tokens: appConfig.kv_cache_tokens,
   };
   const onProgress = (report) => {
     try {

@@ -114,13 +114,21 @@ export class LoadedModel {
     this.info = null;
     this.lost = null; // the DeviceLostError once the GPU device is gone
     this._readError = null;
+    // Python is entered by one call at a time: a call suspended in run_sync (awaiting the GPU) must not have
+    // another Python call run on its stack. Calls queue here; engine steps take turns with them.
+    this._turn = Promise.resolve();
+    this._active = new Map(); // request id -> {resolve, reject, onToken, abort, cancelled}
+    this._driving = false;
   }
 
   _bind() {
     // Method proxies fetched once: each attribute access on a PyProxy makes a new PyProxy to destroy.
     const h = this.handle;
     this._info = h.info;
-    this._generate = h.generate;
+    this._submit = h.submit;
+    this._cancel = h.cancel;
+    this._step = h.step;
+    this._stats = h.stats;
     this._logits = h.logits;
     this._tokenize = h.tokenize;
     this._detokenize = h.detokenize;
@@ -131,7 +139,7 @@ export class LoadedModel {
   /** Map a failure to an SDK error; remember device loss so later calls fail fast. */
   _error(e) {
     let err = e;
-    if (e instanceof this.runtime.py.ffi.PythonError) {
+    if (e instanceof this.runtime.py.ffi.PythonError || e?.isPythonError) {
       err = this._readError && (e.type === "SourceError" || e.type === "JsException") ? this._readError : fromPythonError(e);
     } else if (!(e instanceof RealmError)) {
       const fatal = /fatal error/i.test(String(e?.message));
@@ -151,23 +159,82 @@ export class LoadedModel {
     }
   }
 
-  async _call(fn, ...args) {
-    this._checkUsable();
-    try {
-      return toJs(await fn.callPromising(...args));
-    } catch (e) {
-      throw this._error(e);
-    }
+  /** Call into Python when no other call is in it (see _turn). */
+  _call(fn, ...args) {
+    const run = async () => {
+      this._checkUsable();
+      try {
+        return toJs(await fn.callPromising(...args));
+      } catch (e) {
+        throw this._error(e);
+      }
+    };
+    const result = this._turn.then(run, run);
+    this._turn = result.catch(() => {});
+    return result;
   }
 
   /**
-   * Generate for one request (see realm_web.web.WebModel.generate). `onToken(piece)` runs once per token;
-   * returning true stops generation at that token.
-   * @returns {Promise<object>} the usage record
+   * Generate for one request (see realm_web.web.WebModel.submit): it joins the batched engine beside every
+   * other request in flight. `onToken(piece)` runs once per token; `abort.aborted` (read before each engine
+   * step) cancels this request alone.
+   * @returns {Promise<object>} the usage record (finish_reason "abort" when cancelled)
    */
-  generate(request, onToken) {
+  async generate(request, onToken, abort = null) {
     const req = Object.fromEntries(Object.entries(request).filter(([, v]) => v != null));
-    return this._call(this._generate, req, onToken);
+    let entry = null;
+    const done = new Promise((resolve, reject) => (entry = { resolve, reject, onToken, abort, cancelled: false }));
+    const onEvent = (piece, finished, usage, errorType, errorMessage) => {
+      if (piece) {
+        try {
+          entry.onToken?.(piece);
+        } catch (e) {
+          console.error("realm-web: onToken threw", e);
+        }
+      }
+      if (!finished) return;
+      this._active.delete(entry.id);
+      if (errorType) {
+        const err = this._error({ type: errorType, message: `${errorType}: ${errorMessage}`, isPythonError: true });
+        entry.reject(err);
+      } else {
+        entry.resolve(toJs(usage));
+      }
+    };
+    entry.id = await this._call(this._submit, req, onEvent);
+    this._active.set(entry.id, entry);
+    this._drive();
+    return done;
+  }
+
+  /** Step the engine while any request is in flight, cancelling aborted ones between steps. */
+  _drive() {
+    if (this._driving) return;
+    this._driving = true;
+    (async () => {
+      try {
+        for (;;) {
+          for (const r of this._active.values()) {
+            if (r.abort?.aborted && !r.cancelled) {
+              r.cancelled = true;
+              await this._call(this._cancel, r.id);
+            }
+          }
+          if (!(await this._call(this._step))) break;
+        }
+      } catch (e) {
+        for (const r of this._active.values()) r.reject(e);
+        this._active.clear();
+      } finally {
+        this._driving = false;
+        if (this._active.size && !this.lost && this.handle) this._drive();
+      }
+    })();
+  }
+
+  /** The engine's counters: waiting, running, kv_blocks_*, prefix_cache_*. */
+  async stats() {
+    return this._call(this._stats);
   }
 
   /** Teacher-forced logits as one Float32Array of [ids.length * n_vocab] (row-major). */
@@ -215,7 +282,7 @@ export class LoadedModel {
       const err = this._error(e);
       if (!(err instanceof DeviceLostError)) throw err;
     } finally {
-      for (const m of [this._info, this._generate, this._logits, this._tokenize, this._detokenize, this._bench, this._unload]) {
+      for (const m of [this._info, this._submit, this._cancel, this._step, this._stats, this._logits, this._tokenize, this._detokenize, this._bench, this._unload]) {
         m?.destroy();
       }
       this.handle.destroy();
