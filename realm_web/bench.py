@@ -154,3 +154,79 @@ def decode_bytes(model, pos: int) -> int:
         total += w.row_bytes if embd_only else w.row_bytes * w.n_rows
     total += sum(b.size for b in t.vec.values())
     return total + 2 * c.n_layer * (pos + 1) * c.kv_dim * 4
+
+
+def bench_batched(model, n_streams: int, n_prompt: int = 16, n_gen: int = 32) -> dict:
+    """Aggregate decode tokens/s of `n_streams` concurrent greedy streams (EOS ignored) through the engine: each
+    stream has its own prompt of `n_prompt` ids (no shared prefix), all submitted at once. Decode is timed from
+    the moment every stream has its first token to the last token, counting the tokens produced in between.
+    Runs natively (the engine thread) and in the browser (this call drives the steps)."""
+    import threading
+
+    from realm_web.sampling import SamplingParams
+    from realm_web.sequence import Sequence
+
+    eng, vocab = model.engine, model.config.n_vocab
+    bos = model.tokenizer.bos_id or 0
+    salt = f"bench-batched-{time.perf_counter_ns()}"
+
+    def run(max_tokens: int) -> tuple[list[list[float]], float]:
+        stamps: list[list[float]] = [[] for _ in range(n_streams)]
+        left = [n_streams]
+        done = threading.Event()
+
+        def emit(i: int):
+            def on_event(ev) -> None:
+                if ev.token is not None:
+                    stamps[i].append(time.perf_counter())
+                if ev.finished:
+                    left[0] -= 1
+                    if ev.error is not None or left[0] == 0:
+                        done.set()
+
+            return on_event
+
+        t0 = time.perf_counter()
+        for s in range(n_streams):
+            ids = [bos] + [(7 * i + 11 + 131 * s + max_tokens) % vocab for i in range(n_prompt - 1)]
+            eng.submit(Sequence(ids, SamplingParams(temperature=0), max_tokens, emit(s), cache_salt=salt,
+                                ignore_eos=True))  # fmt: skip
+        if eng._thread is None:
+            eng.run_until(done.is_set)
+        done.wait()
+        return stamps, t0
+
+    run(3)  # warm-up: the recorded step shapes of this batch
+    stamps, t0 = run(n_gen + 1)
+    if any(len(s) != n_gen + 1 for s in stamps):
+        raise RuntimeError(f"a stream ended early: {[len(s) for s in stamps]} tokens")
+    start = max(s[0] for s in stamps)
+    end = max(s[-1] for s in stamps)
+    n = sum(1 for s in stamps for t in s if t > start)
+    return {
+        "n_streams": n_streams,
+        "n_prompt": n_prompt,
+        "n_gen": n_gen,
+        "ttft_s": sum(s[0] - t0 for s in stamps) / n_streams,
+        "decode_tok_s": n / (end - start) if end > start else 0.0,
+        "per_stream_tok_s": n / (end - start) / n_streams if end > start else 0.0,
+    }
+
+
+def bench_prefix_cache(model, n_prompt: int = 256) -> dict:
+    """Time to first token of an `n_prompt`-token prompt without, then with, a prefix-cache hit (same prompt,
+    same fresh cache_salt)."""
+    vocab, bos = model.config.n_vocab, model.tokenizer.bos_id or 0
+    n_prompt = min(n_prompt, model.n_ctx - 2)
+    ids = [bos] + [(13 * i + 5) % vocab for i in range(n_prompt - 1)]
+    salt = f"bench-prefix-{time.perf_counter_ns()}"
+    out = {"n_prompt": n_prompt}
+    list(model.generate(ids, max_tokens=1, temperature=0, ignore_eos=True, cache_salt=salt + "-warm"))
+    for key in ("miss", "hit"):
+        t0 = time.perf_counter()
+        g = model.generate(ids, max_tokens=1, temperature=0, ignore_eos=True, cache_salt=salt)
+        next(g.ids())
+        out[f"ttft_{key}_s"] = time.perf_counter() - t0
+        out[f"cached_tokens_{key}"] = g.usage["cached_prompt_tokens"]
+        g.close()
+    return out

@@ -18,7 +18,7 @@ from typing import Any
 import js
 from pyodide.ffi import run_sync, to_js
 
-from realm_web.bench import bench_model
+from realm_web.bench import bench_batched, bench_model
 from realm_web.device import get_device
 from realm_web.errors import DeviceLostError, SourceError
 from realm_web.gguf import read_gguf
@@ -151,9 +151,12 @@ class WebModel:
     def apply_chat_template(self, messages: Any) -> str:
         return self.model.chat_template.render(_py(messages), add_generation_prompt=True)
 
-    def bench(self, n_prompt: int = 64, n_gen: int = 64, prompt: Any = None) -> Any:
+    def bench(self, n_prompt: int = 64, n_gen: int = 64, prompt: Any = None, n_streams: Any = None) -> Any:
         """`realm-web bench`'s measurement, in the browser: prefill and decode tokens/s (greedy, EOS ignored).
-        `prompt`: a JS array of token ids to prefill exactly (default: bench_model's fixed prompt of `n_prompt`)."""
+        `prompt`: a JS array of token ids to prefill exactly (default: bench_model's fixed prompt of `n_prompt`).
+        `n_streams`: instead, the aggregate decode tokens/s of that many concurrent streams (bench_batched)."""
+        if _py(n_streams) is not None:
+            return _js(bench_batched(self.model, int(n_streams), int(n_prompt), int(n_gen)))
         ids = _py(prompt)
         ids = [int(i) for i in ids] if ids is not None else None
         return _js(bench_model(self.model, int(n_prompt), int(n_gen), prompt=ids))

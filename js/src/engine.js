@@ -228,12 +228,14 @@ export class Engine {
    * Measure prefill and decode speed as `realm-web bench` does natively (greedy, end-of-text ignored), so the
    * browser and native figures compare directly. `promptIds`: the exact prompt token ids to prefill (then
    * `nPrompt` is their count); without it, BOS then a fixed spread of `nPrompt` ids.
-   * @param {{nPrompt?: number, nGen?: number, promptIds?: ArrayLike<number>}} [options]
+   * With `nStreams`, the aggregate decode tokens/s of that many concurrent greedy streams (each its own
+   * `nPrompt`-token prompt) instead: {n_streams, decode_tok_s, per_stream_tok_s, ttft_s, ...}.
+   * @param {{nPrompt?: number, nGen?: number, promptIds?: ArrayLike<number>, nStreams?: number}} [options]
    * @returns {Promise<{model: string, adapter: string, n_prompt: number, ttft_s: number, prefill_tok_s: number, n_gen: number, decode_tok_s: number}>}
    */
-  benchmark({ nPrompt = 64, nGen = 64, promptIds } = {}) {
+  benchmark({ nPrompt = 64, nGen = 64, promptIds, nStreams } = {}) {
     const ids = promptIds == null ? null : Array.from(promptIds, Number);
-    return this._enqueue("bench", { nPrompt: ids ? ids.length : nPrompt, nGen, promptIds: ids });
+    return this._enqueue("bench", { nPrompt: ids ? ids.length : nPrompt, nGen, promptIds: ids, nStreams });
   }
 
   /** Load timings, the adapter and the usage of the last request. */

@@ -149,8 +149,8 @@ export class Host {
     },
 
     /** {nPrompt, nGen, promptIds?} -> realm-web bench's figures for this model in this browser. */
-    async bench({ nPrompt = 64, nGen = 64, promptIds = null }) {
-      return this._model().bench(nPrompt, nGen, promptIds == null ? null : Array.from(promptIds, Number));
+    async bench({ nPrompt = 64, nGen = 64, promptIds = null, nStreams = null }) {
+      return this._model().bench(nPrompt, nGen, promptIds == null ? null : Array.from(promptIds, Number), nStreams);
     },
 
     async stats() {

@@ -285,9 +285,15 @@ export declare class Engine {
   /**
    * Prefill and decode tokens/s measured as `realm-web bench` does natively (greedy, end-of-text ignored).
    * `promptIds`: the exact prompt token ids to prefill (`nPrompt` is then their count); without it, BOS then a
-   * fixed spread of `nPrompt` ids.
+   * fixed spread of `nPrompt` ids. `nStreams`: instead, the aggregate decode tokens/s of that many concurrent
+   * greedy streams, each with its own `nPrompt`-token prompt (the result's `n_streams`, `per_stream_tok_s`).
    */
-  benchmark(options?: { nPrompt?: number; nGen?: number; promptIds?: ArrayLike<number> }): Promise<BenchmarkResult>;
+  benchmark(options?: {
+    nPrompt?: number;
+    nGen?: number;
+    promptIds?: ArrayLike<number>;
+    nStreams?: number;
+  }): Promise<BenchmarkResult & { n_streams?: number; per_stream_tok_s?: number }>;
   /** Free the GPU memory and stop the worker; the engine cannot be used afterwards. */
   unload(): Promise<void>;
   /** Test hook, not for apps: destroy the GPU device so later requests fail with DeviceLostError. */

@@ -254,10 +254,11 @@ export class LoadedModel {
 
   /**
    * `realm-web bench`'s measurement in this browser: {ttft_s, prefill_tok_s, decode_tok_s, n_prompt, n_gen, ...}.
-   * `promptIds` (array of token ids, or null): the exact prompt to prefill.
+   * `promptIds` (array of token ids, or null): the exact prompt to prefill. `nStreams`: instead, the aggregate
+   * decode tokens/s of that many concurrent streams ({n_streams, decode_tok_s, per_stream_tok_s, ttft_s}).
    */
-  async bench(nPrompt, nGen, promptIds = null) {
-    return this._call(this._bench, nPrompt, nGen, promptIds);
+  async bench(nPrompt, nGen, promptIds = null, nStreams = null) {
+    return this._call(this._bench, nPrompt, nGen, promptIds, nStreams);
   }
 
   /** Test hook: destroy the GPU device under the model (the real device-lost path). */
