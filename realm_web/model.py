@@ -257,26 +257,38 @@ class Request:
     ignore_eos: bool = False
 
 
-class Generation:
+class _Stream:
+    """A request submitted to the engine, and its usage as of the events its caller has consumed."""
+
+    def __init__(self, model: Model, req: Request, emit: Callable[[Event], None], text: bool = True):
+        self.model, self.usage, self._n = model, {}, 0
+        self.seq = _Seq(req.ids, req.sampling, req.max_tokens, emit, req.stop, req.cache_salt, req.ignore_eos)
+        if text and req.sampling is not None:
+            self.seq.text = TextStream(model.tokenizer, req.stop)
+        self._update(None)
+
+    def _update(self, ev: Event | None) -> None:
+        """Usage as of `ev` (the engine thread may already be further on)."""
+        if ev is not None and ev.token is not None:
+            self._n += 1
+        u = self.seq.usage()
+        u.update(completion_tokens=self._n, total_tokens=self.seq.n_prompt + self._n)
+        if not (ev is not None and ev.finished):
+            u["finish_reason"] = "length"  # until told otherwise (as a stream cut short by its caller)
+        self.usage.update(u)
+
+
+class Generation(_Stream):
     """A request in flight, as a blocking iterator of text pieces (or ids, `ids()`); `usage` fills in as it
     runs. Leaving the loop early (or `close()`) cancels the request."""
 
     def __init__(self, model: Model, req: Request, text: bool = True):
-        self.model, self.usage = model, {}
+        self._done = True
         self._events: queue.SimpleQueue = queue.SimpleQueue()
-        self.seq = _Seq(req.ids, req.sampling, req.max_tokens, self._events.put, req.stop, req.cache_salt,
-                            req.ignore_eos)  # fmt: skip
-        if text and req.sampling is not None:
-            self.seq.text = TextStream(model.tokenizer, req.stop)
-        self._done = False
+        super().__init__(model, req, self._events.put, text)
         self._it: Iterator[str] | None = None
-        self._update()
         model.engine.submit(self.seq)
-
-    def _update(self) -> None:
-        self.usage.update(self.seq.usage())
-        if self.usage["finish_reason"] is None:
-            self.usage["finish_reason"] = "length"  # until told otherwise (as a stream cut short by its caller)
+        self._done = False
 
     def _next_event(self) -> Event:
         eng = self.model.engine
@@ -287,7 +299,7 @@ class Generation:
     def _events_iter(self) -> Iterator[Event]:
         while not self._done:
             ev = self._next_event()
-            self._update()
+            self._update(ev)
             if ev.finished:
                 self._done = True
                 if ev.error is not None:
@@ -322,6 +334,9 @@ class Generation:
     def text(self) -> str:
         return "".join(self)
 
+    def __del__(self) -> None:
+        self.close()
+
     def close(self) -> None:
         """Cancel the request if it is still running (its blocks are freed at the next step boundary)."""
         if not self._done:
@@ -329,18 +344,14 @@ class Generation:
             self.model.engine.cancel(self.seq)
 
 
-class AsyncGeneration:
+class AsyncGeneration(_Stream):
     """A request in flight for asyncio: an async iterator of text pieces. The engine thread hands events to
     the event loop; cancelling the consuming task cancels the request."""
 
     def __init__(self, model: Model, req: Request):
-        self.model, self.usage = model, {}
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue = asyncio.Queue()
-        self.seq = _Seq(req.ids, req.sampling, req.max_tokens, self._emit, req.stop, req.cache_salt,
-                            req.ignore_eos)  # fmt: skip
-        self.seq.text = TextStream(model.tokenizer, req.stop)
-        self.usage.update(self.seq.usage())
+        super().__init__(model, req, self._emit)
         model.engine.submit(self.seq)
 
     def _emit(self, ev: Event) -> None:
@@ -353,7 +364,7 @@ class AsyncGeneration:
                 if eng._thread is None:
                     eng.run_until(lambda: not self._events.empty())
                 ev = await self._events.get()
-                self.usage.update(self.seq.usage())
+                self._update(ev)
                 done = ev.finished
                 if ev.error is not None:
                     raise ev.error

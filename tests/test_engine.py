@@ -180,3 +180,27 @@ def test_batch_equals_solo_on_other_models(dev, name):
         whole(model)
     finally:
         model.close()
+
+
+def test_a_failed_step_ends_the_requests_in_flight_and_frees_the_pool(m):
+    """A step that raises (here: injected once) fails every request in flight with that error; the blocks all
+    come back and the engine keeps serving."""
+    streams = [m.generate(p, max_tokens=30, temperature=0, ignore_eos=True) for p in PROMPTS[:3]]
+    next(streams[0])
+    real, calls = m.engine.t.run, []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected GPU failure")
+        return real(*a, **k)
+
+    m.engine.t.run = failing
+    try:
+        for s in streams:
+            with pytest.raises(RuntimeError, match="injected GPU failure"):
+                "".join(s)
+    finally:
+        m.engine.t.run = real
+    whole(m)
+    assert solo(m, PROMPTS[0], max_tokens=4, temperature=0).startswith(" Paris")
