@@ -166,7 +166,16 @@ class Engine:
         elif seq.n_generated >= seq.max_tokens or len(seq.token_ids) > self.n_ctx:
             self._finish(seq, "length", piece, tok)
         else:
-            seq.emit(Event(seq, tok, piece))
+            self._emit(seq, Event(seq, tok, piece))
+
+    def _emit(self, seq: Sequence, ev: Event) -> None:
+        """Hand `ev` to its consumer. A consumer that is gone (a closed event loop, a failing callback) cancels
+        its own request, never the step the others share."""
+        try:
+            seq.emit(ev)
+        except Exception:
+            if not ev.finished and seq.status is not Status.FINISHED:
+                self._finish(seq, "abort")
 
     def _finish(self, seq: Sequence, reason: str, piece: str = "", tok: int | None = None,
                 error: BaseException | None = None) -> None:  # fmt: skip
@@ -175,7 +184,7 @@ class Engine:
         seq.error = error
         if reason != "abort" and error is None and seq.text is not None:
             piece += seq.text.flush()
-        seq.emit(Event(seq, tok, piece, finished=True, error=error))
+        self._emit(seq, Event(seq, tok, piece, finished=True, error=error))
 
     def fail_all(self, error: BaseException) -> None:
         """Every request ends with `error` (the device was lost, or a step failed)."""

@@ -204,3 +204,24 @@ def test_a_failed_step_ends_the_requests_in_flight_and_frees_the_pool(m):
         m.engine.t.run = real
     whole(m)
     assert solo(m, PROMPTS[0], max_tokens=4, temperature=0).startswith(" Paris")
+
+
+def test_a_consumer_that_fails_cancels_only_its_own_request(m):
+    """A callback that raises (e.g. an asyncio loop that closed) ends its request, not the shared step."""
+    from realm_web.sampling import SamplingParams
+    from realm_web.sequence import Sequence
+
+    got = []
+
+    def broken(ev):
+        got.append(ev)
+        if len(got) == 2:
+            raise RuntimeError("consumer gone")
+
+    alone = solo(m, PROMPTS[1], max_tokens=20, temperature=0, ignore_eos=True)
+    seq = Sequence(m.tokenize(PROMPTS[0]), SamplingParams(temperature=0), 20, broken, ignore_eos=True)
+    other = m.generate(PROMPTS[1], max_tokens=20, temperature=0, ignore_eos=True)
+    m.engine.submit(seq)
+    assert "".join(other) == alone
+    assert seq.finish_reason == "abort" and got[-1].finished
+    whole(m)
