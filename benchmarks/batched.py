@@ -64,6 +64,7 @@ def llama_cpp_batched(gguf: str, streams: list[int], n_prompt: int, n_gen: int) 
     n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
     bos = llama_cpp.llama_vocab_bos(vocab)
     threads = os.cpu_count() or 1
+    _llama_streams(llama_cpp, np, model, 1, n_vocab, bos, threads, n_prompt, 4)  # warm-up: first-use costs
     rows = [_llama_streams(llama_cpp, np, model, n, n_vocab, bos, threads, n_prompt, n_gen) for n in streams]
     llama_cpp.llama_model_free(model)
     return {"adapter": f"CPU, {threads} threads (llama-cpp-python {llama_cpp.__version__})", "rows": rows}
