@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from realm_web.kernels.matmul import BATCH_FUSED, BATCH_TN, ROWS_K_MULTIPLE, batch_rows
 from realm_web.quants import COMPUTE_TYPES
 
 FLOAT_TYPES = ("F32", "F16", "BF16")  # rows may be any length: units past K read as zero
@@ -34,6 +35,15 @@ def variants() -> list[Variant]:
         out.append(Variant(f"matvec_rows_{q}", "matvec_rows.wgsl.j2", {**common, "dot_block": qt in DOT_BLOCK}))
         out.append(Variant(f"matmul_{q}", "matmul.wgsl.j2", common))
         out.append(Variant(f"get_rows_{q}", "get_rows.wgsl.j2", common))
+        # matmul_rows: fused where the snippet has dot_block_batch, plus `_unit` (dequant_unit) for the types whose
+        # fused form needs K % ROWS_K_MULTIPLE == 0
+        for fused in (True, False) if qt in ROWS_K_MULTIPLE else (qt in BATCH_FUSED,):
+            unit = "_unit" if qt in BATCH_FUSED and not fused else ""
+            for tn in BATCH_TN:
+                for sg in (False, True):
+                    name = f"matmul_rows_{q}{unit}_t{tn}{'_sg' if sg else ''}"
+                    params = {**common, "batch": fused, "tn": tn, "rb": batch_rows(qt, fused), "subgroups": sg}
+                    out.append(Variant(name, "matmul_rows.wgsl.j2", params))
     out.append(Variant("copy", "copy.wgsl.j2"))
     out.append(Variant("sample", "sample.wgsl.j2"))
     for sg in (False, True):

@@ -21,7 +21,7 @@ from realm_web.config import Config
 from realm_web.device import Buffer, Device, Dispatch
 from realm_web.kernels.attention import flash_attn, kv_write
 from realm_web.kernels.elementwise import add, swiglu
-from realm_web.kernels.matmul import get_rows, matmul, matvec
+from realm_web.kernels.matmul import get_rows, matmul_batch
 from realm_web.kernels.norm import rms_norm
 from realm_web.kernels.rope import rope
 from realm_web.kv_cache import PagedKVCache
@@ -86,10 +86,8 @@ class Transformer:
 
     # -- recording ----------------------------------------------------------------------------------------------
     def _linear(self, name: str, x: Buffer, y: Buffer, n_tok: int) -> list[Dispatch]:
-        w = self.w[name]
-        if self.dev.info.adapter_type == "CPU":  # TODO(batched kernel): matmul_batch
-            return matvec(self.dev, w, x, y, n_vec=n_tok)
-        return matmul(self.dev, w, x, y, n_tok)
+        # one kernel family for every step size, so a token's row never depends on what it is batched with
+        return matmul_batch(self.dev, self.w[name], x, y, n_tok)
 
     def _layer(self, i: int, n: int) -> list[Dispatch]:
         dev, c, p, kv = self.dev, self.cfg, f"blk.{i}.", self.kv

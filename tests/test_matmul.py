@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from gpu import random_tensor, read_f32, upload_array, weight
 
-from realm_web.kernels.matmul import get_rows, matmul, matvec
+from realm_web.kernels.matmul import get_rows, matmul, matmul_batch, matvec
 from realm_web.quants import BY_NAME, COMPUTE_TYPES
 
 # f32 accumulation over K ≤ ~1000 terms: |err| ≤ TOL * sum_k |w_k x_k|. Typical error is ~1e-7 of that sum;
@@ -84,3 +84,81 @@ def test_get_rows(dev, rng, type_name):
         dev.submit(get_rows(dev, w, upload_array(dev, ids), ob, len(ids)))
         got = read_f32(dev, ob, len(ids) * k).reshape(len(ids), k)
         np.testing.assert_array_equal(got, ref[ids].astype(np.float32))  # dequantization is exact in f32
+
+
+def _batch_inputs(rng, n_tok: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """n_tok random input rows and their NaN-padded upload (the kernels must not read past K)."""
+    x = rng.standard_normal((n_tok, k)).astype(np.float32)
+    xp = np.full((n_tok, (k + 3) // 4 * 4), np.nan, dtype=np.float32)
+    xp[:, :k] = x
+    return x, xp
+
+
+@pytest.mark.parametrize("type_name", COMPUTE_TYPES)
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+def test_matmul_batch(dev, rng, type_name, split):
+    """matmul_batch on the CPU adapter (matmul_rows): 1 token (the 1-token tile), 13 (a full 8-token tile and a
+    partial one) and 3 (a partial 4-token tile); Q4_0 / Q8_0 rows of 1 and 3 blocks take the `_unit` variant."""
+    for (n_rows, k), n_tok in zip(shapes(type_name), (1, 13, 3), strict=True):
+        data, ref = random_tensor(type_name, n_rows, k, rng)
+        mb = max(len(data) // n_rows + 3, len(data) // 3) if split else None
+        w = weight(dev, type_name, data, n_rows, k, max_binding=mb)
+        x, xp = _batch_inputs(rng, n_tok, k)
+        xb, yb = upload_array(dev, xp), dev.create_buffer(4 * n_tok * n_rows, "y")
+        dev.submit(matmul_batch(dev, w, xb, yb, n_tok))
+        check(read_f32(dev, yb, n_tok * n_rows), ref, x.astype(np.float64))
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "F16"])
+def test_matmul_batch_no_subgroups(dev_plain, rng, type_name):
+    """The fallback for CPU adapters without subgroups (x loaded per lane): output columns and strides too."""
+    n_rows, k = shapes(type_name)[1]
+    data, ref = random_tensor(type_name, n_rows, k, rng)
+    w = weight(dev_plain, type_name, data, n_rows, k)
+    for n_tok in (1, 13):
+        x, xp = _batch_inputs(rng, n_tok, k)
+        xb = upload_array(dev_plain, xp)
+        yb = upload_array(dev_plain, np.full((n_tok, n_rows + 5), 7.0, dtype=np.float32))
+        dev_plain.submit(matmul_batch(dev_plain, w, xb, yb, n_tok, y_stride=n_rows + 5, y_col=2))
+        y = read_f32(dev_plain, yb, n_tok * (n_rows + 5)).reshape(n_tok, n_rows + 5)
+        check(y[:, 2 : 2 + n_rows], ref, x.astype(np.float64))
+        assert (y[:, :2] == 7.0).all() and (y[:, 2 + n_rows :] == 7.0).all()
+
+
+def _batch_invariance(dev, build, type_name: str, rng, n_rows: int, k: int, sizes) -> None:
+    """Each token's output bits are those of the token run alone, whatever the batch size and its place in it."""
+    data, _ = random_tensor(type_name, n_rows, k, rng)
+    w = weight(dev, type_name, data, n_rows, k)
+    n_max = max(sizes)
+    _, pool = _batch_inputs(rng, n_max, k)
+    stride = pool.shape[1]
+    solo = {}
+    for j in range(n_max):
+        xb, yb = upload_array(dev, pool[j : j + 1]), dev.create_buffer(4 * n_rows, "y")
+        dev.submit(build(dev, w, xb, yb, 1))
+        solo[j] = read_f32(dev, yb, n_rows).view(np.uint32)
+    for n in sizes:
+        order = rng.permutation(n_max)[:n]  # tokens in any order, each at some slot of the batch
+        xb, yb = upload_array(dev, pool[order]), dev.create_buffer(4 * n * n_rows, "y")
+        dev.submit(build(dev, w, xb, yb, n, x_stride=stride))
+        got = read_f32(dev, yb, n * n_rows).view(np.uint32).reshape(n, n_rows)
+        for slot, j in enumerate(order):
+            np.testing.assert_array_equal(got[slot], solo[j], err_msg=f"token {j} at slot {slot} of {n}")
+
+
+# batch sizes covering every tile matmul_batch uses (the solo runs: 1), partial tiles and tiles after full ones:
+# 2, 4 (3 of 4), 8 (5 of 8), 8 + 2, 8 + 8 (5 of 8), 4 × 8 + 4
+BATCH_SIZES = (2, 3, 5, 10, 13, 36)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_K", "F16"])
+def test_matmul_batch_is_batch_invariant(dev, rng, type_name):
+    """What continuous batching stands on: a token's row of Y is bitwise the same alone or in any batch."""
+    k = 512 if type_name != "F16" else 100  # Q4_0 / Q8_0: fused pairs (K % 64 == 0); F16: a ragged row
+    _batch_invariance(dev, matmul_batch, type_name, rng, 67, k, BATCH_SIZES)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q8_0"])
+def test_matmul_is_batch_invariant(dev, rng, type_name):
+    """The same property for the tiled matmul (matmul_batch's route on GPUs): tokens never mix within a tile."""
+    _batch_invariance(dev, matmul, type_name, rng, 67, 512, (3, 8, 13))

@@ -62,7 +62,7 @@ def expected_calls(m: realm_web.Model) -> dict[str, int]:
     c = m.config
     biases = sum(k.endswith(("attn_q.bias", "attn_k.bias", "attn_v.bias")) for k in m.transformer.vec)
     # get_rows twice: the embedding, and the gather of the rows whose logits are wanted
-    return {"matvec": 7 * c.n_layer + 1, "rms_norm": 2 * c.n_layer + 1, "rope": 2 * c.n_layer,
+    return {"matmul": 7 * c.n_layer + 1, "rms_norm": 2 * c.n_layer + 1, "rope": 2 * c.n_layer,
             "kv_write": c.n_layer, "flash_attn": c.n_layer, "swiglu": c.n_layer, "add": 2 * c.n_layer + biases,
             "get_rows": 2, "sample": 1}  # fmt: skip
 

@@ -1,6 +1,7 @@
 """Dequantize + matrix products and embedding lookup, for every GGUF compute type.
 
-Host side of shaders/matvec.wgsl.j2 (decode), matmul.wgsl.j2 (prefill, batches) and get_rows.wgsl.j2.
+Host side of shaders/matvec.wgsl.j2 (decode), matmul.wgsl.j2 (prefill, batches), matmul_rows.wgsl.j2 (batches
+on CPU adapters; `matmul_batch` picks between the two) and get_rows.wgsl.j2.
 A weight split into parts (see realm_web.weights) gets one dispatch per part; parts write disjoint output
 columns (matvec, matmul) or disjoint tokens (get_rows).
 """
@@ -17,6 +18,19 @@ MATMUL_TN = 8  # tokens per matmul workgroup (const TN in matmul.wgsl.j2)
 ROWS_PER_INVOCATION = {"Q4_0": 4, "Q4_K": 4, "Q6_K": 4, "Q8_0": 4}
 # ... whose dot_block reads block pairs, word-aligned only when K is a multiple of this (else: the workgroup kernel)
 ROWS_K_MULTIPLE = {"Q4_0": 64, "Q8_0": 64}
+# matmul_rows, the batch kernel on CPU adapters (codegen/variants.py renders its variants from these): tokens per
+# invocation (a batch is tiles of 8, then one tile of the smallest size that holds the rest); the types whose snippet
+# has a fused dot_block_batch (Q4_0 / Q8_0 only when K % ROWS_K_MULTIPLE == 0, else their `_unit` variant); weight
+# rows per invocation, measured on lavapipe: 8 where the fused form's weight loads are word-aligned, else 4 (the
+# per-lane weight loads dominate, and compile time grows with them)
+BATCH_TN = (1, 2, 4, 8)
+BATCH_FUSED = ("Q4_0", "Q4_K", "Q6_K", "Q8_0")
+BATCH_ROWS_FUSED = {"Q4_0": 8, "Q4_K": 8, "Q8_0": 8}
+
+
+def batch_rows(type_name: str, fused: bool) -> int:
+    """Weight rows per invocation of matmul_rows for `type_name` (fused form or dequant_unit)."""
+    return BATCH_ROWS_FUSED.get(type_name, 4) if fused else 4
 
 
 def _ceil4(n: int) -> int:
@@ -89,6 +103,56 @@ def matmul(
                       y_col + part.row_begin, gx)  # fmt: skip
         gz = -(-n_tok // MATMUL_TN)
         out.append(build(dev, name, params, [part.buffer, x, y], (gx, gy, gz), {"WG": wg}))
+    return out
+
+
+def token_tiles(n_tok: int) -> list[tuple[int, int, int]]:
+    """How matmul_batch covers `n_tok` tokens: (tokens per tile, first token, tiles) per dispatch. Tiles of the
+    largest size, then one tile of the smallest size that holds the rest (every tile pays for reading and
+    unpacking its weights, so one padded tile beats several smaller ones)."""
+    big = BATCH_TN[-1]
+    out = [(big, 0, n_tok // big)] if n_tok >= big else []
+    rest = n_tok % big
+    if rest:
+        out.append((next(t for t in BATCH_TN if t >= rest), n_tok - rest, 1))
+    return out
+
+
+def matmul_batch(
+    dev: Device,
+    w: Weight,
+    x: Buffer,
+    y: Buffer,
+    n_tok: int,
+    *,
+    x_stride: int | None = None,
+    y_stride: int | None = None,
+    y_col: int = 0,
+) -> list[Dispatch]:
+    """Y[n, y_col + r] = sum_k W[r, k] X[n, k] for n < n_tok, as `matmul` (same strides), for batches of any size.
+    On CPU adapters: matmul_rows, which reads each weight block once for a tile of tokens. Either way a token's
+    row of Y is bitwise the same whatever n_tok and wherever the token sits in the batch (each token's sums run
+    in one fixed order, with no cross-token reduction), so a batched sequence reproduces its solo output."""
+    if dev.info.adapter_type != "CPU":
+        return matmul(dev, w, x, y, n_tok, x_stride=x_stride, y_stride=y_stride, y_col=y_col)
+    x_stride = _ceil4(w.row_elems) if x_stride is None else x_stride
+    if x_stride % 4:
+        raise ValueError(f"matmul_batch input stride {x_stride} is not a multiple of 4")
+    y_stride = w.n_rows if y_stride is None else y_stride
+    t = w.type.name
+    fused = t in BATCH_FUSED and w.row_elems % ROWS_K_MULTIPLE.get(t, 1) == 0
+    unit = t in BATCH_FUSED and not fused
+    sg = dev.info.subgroups
+    rb = batch_rows(t, fused)
+    wg = pow2_at_most(64, dev.info.max_invocations)
+    out = []
+    for part in w.parts:
+        gx, gy = fold(-(-part.n_rows // (wg * rb)), dev.info.max_workgroups_per_dim)
+        for tn, tok0, n_tiles in token_tiles(n_tok):
+            name = f"matmul_rows_{t.lower()}{'_unit' if unit else ''}_t{tn}{'_sg' if sg else ''}"
+            params = u32s(w.row_elems, part.n_rows, w.row_bytes, _units(w), n_tok, x_stride, y_stride,
+                          y_col + part.row_begin, gx, tok0)  # fmt: skip
+            out.append(build(dev, name, params, [part.buffer, x, y], (gx, gy, n_tiles), {"WG": wg}))
     return out
 
 
