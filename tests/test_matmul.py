@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from gpu import random_tensor, read_f32, upload_array, weight
 
-from realm_web.kernels.matmul import get_rows, matmul, matmul_batch, matvec
+from realm_web.kernels.matmul import BATCH_SMALL_WG, batch_wg, get_rows, matmul, matmul_batch, matvec
 from realm_web.quants import BY_NAME, COMPUTE_TYPES
 
 # f32 accumulation over K ≤ ~1000 terms: |err| ≤ TOL * sum_k |w_k x_k|. Typical error is ~1e-7 of that sum;
@@ -156,6 +156,35 @@ def test_matmul_batch_is_batch_invariant(dev, rng, type_name):
     """What continuous batching stands on: a token's row of Y is bitwise the same alone or in any batch."""
     k = 512 if type_name != "F16" else 100  # Q4_0 / Q8_0: fused pairs (K % 64 == 0); F16: a ragged row
     _batch_invariance(dev, matmul_batch, type_name, rng, 67, k, BATCH_SIZES)
+
+
+def test_batch_workgroup_size_follows_the_rows():
+    """matmul_rows spreads a weight over at least 4 workgroups of 64 invocations, else uses workgroups of 8."""
+    assert batch_wg(2048, 8, 256) == 64  # 4 workgroups of 64 × 8 rows
+    assert batch_wg(1536, 8, 256) == BATCH_SMALL_WG == 8  # 3 workgroups of 64
+    assert batch_wg(768, 8, 256) == 8 and batch_wg(256, 4, 256) == 8
+    assert batch_wg(1024, 4, 256) == 64 and batch_wg(32000, 8, 256) == 64
+    assert batch_wg(32000, 8, 32) == 32 and batch_wg(8, 8, 4) == 4  # never above the device's limit
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K", "Q8_0", "F16"])
+def test_matmul_batch_tiles_and_workgroups_change_no_bit(dev, rng, type_name):
+    """The tile cap and the workgroup size are free choices: every one gives the same bits (a weight small
+    enough for workgroups of 8 by default, and one big enough for 64)."""
+    for n_rows, k in ((67, 512), (2100, 256)):
+        data, ref = random_tensor(type_name, n_rows, k, rng)
+        w = weight(dev, type_name, data, n_rows, k)
+        n_tok = 13
+        x, xp = _batch_inputs(rng, n_tok, k)
+        xb = upload_array(dev, xp)
+        got = []
+        for kw in ({}, {"wg": 64}, {"wg": 8}, {"wg": 32}, {"tn_max": 1}, {"tn_max": 2}, {"tn_max": 4, "wg": 16}):
+            yb = dev.create_buffer(4 * n_tok * n_rows, "y")
+            dev.submit(matmul_batch(dev, w, xb, yb, n_tok, **kw))
+            got.append(read_f32(dev, yb, n_tok * n_rows))
+        check(got[0], ref, x.astype(np.float64))
+        for g in got[1:]:
+            np.testing.assert_array_equal(g.view(np.uint32), got[0].view(np.uint32))
 
 
 @pytest.mark.parametrize("type_name", ["Q4_K", "Q8_0"])

@@ -28,6 +28,21 @@ BATCH_FUSED = ("Q4_0", "Q4_K", "Q6_K", "Q8_0")
 BATCH_ROWS_FUSED = {"Q4_0": 8, "Q4_K": 8, "Q8_0": 8}
 
 
+# matmul_rows' workgroup size: 64, or BATCH_SMALL_WG where 64 would leave a weight fewer than BATCH_MIN_GROUPS
+# workgroups. CPU adapters hand whole workgroups to their threads, so a small weight (k/v or 768-row projections
+# of a small model: 1 or 2 workgroups of 64) ran on one or two threads; measured on lavapipe and on SwiftShader
+# (benchmarks/batched_matmul_browser.py --wg): up to 2x faster with 8, no case slower. Not below 8: lavapipe's
+# vectors have 8 lanes. Only two sizes, as each is its own pipeline to compile.
+BATCH_MIN_GROUPS = 4
+BATCH_SMALL_WG = 8
+
+
+def batch_wg(n_rows: int, rb: int, max_invocations: int) -> int:
+    """Invocations per workgroup of matmul_rows for a weight (part) of `n_rows` rows, `rb` rows per invocation."""
+    wg = pow2_at_most(64, max_invocations)
+    return wg if -(-n_rows // (wg * rb)) >= BATCH_MIN_GROUPS else min(wg, BATCH_SMALL_WG)
+
+
 def batch_rows(type_name: str, fused: bool) -> int:
     """Weight rows per invocation of matmul_rows for `type_name` (fused form or dequant_unit)."""
     return BATCH_ROWS_FUSED.get(type_name, 4) if fused else 4
@@ -106,11 +121,11 @@ def matmul(
     return out
 
 
-def token_tiles(n_tok: int) -> list[tuple[int, int, int]]:
+def token_tiles(n_tok: int, tn_max: int = BATCH_TN[-1]) -> list[tuple[int, int, int]]:
     """How matmul_batch covers `n_tok` tokens: (tokens per tile, first token, tiles) per dispatch. Tiles of the
-    largest size, then one tile of the smallest size that holds the rest (every tile pays for reading and
-    unpacking its weights, so one padded tile beats several smaller ones)."""
-    big = BATCH_TN[-1]
+    largest size (at most `tn_max`), then one tile of the smallest size that holds the rest (every tile pays for
+    reading and unpacking its weights, so one padded tile beats several smaller ones)."""
+    big = max(t for t in BATCH_TN if t <= max(tn_max, BATCH_TN[0]))
     out = [(big, 0, n_tok // big)] if n_tok >= big else []
     rest = n_tok % big
     if rest:
@@ -128,11 +143,15 @@ def matmul_batch(
     x_stride: int | None = None,
     y_stride: int | None = None,
     y_col: int = 0,
+    tn_max: int | None = None,
+    wg: int | None = None,
 ) -> list[Dispatch]:
     """Y[n, y_col + r] = sum_k W[r, k] X[n, k] for n < n_tok, as `matmul` (same strides), for batches of any size.
     On CPU adapters: matmul_rows, which reads each weight block once for a tile of tokens. Either way a token's
     row of Y is bitwise the same whatever n_tok and wherever the token sits in the batch (each token's sums run
-    in one fixed order, with no cross-token reduction), so a batched sequence reproduces its solo output."""
+    in one fixed order, with no cross-token reduction), so a batched sequence reproduces its solo output.
+    `tn_max` (tiles of at most that many tokens) and `wg` (workgroup size) override matmul_rows' choices, for
+    benchmarks: neither changes a result."""
     if dev.info.adapter_type != "CPU":
         return matmul(dev, w, x, y, n_tok, x_stride=x_stride, y_stride=y_stride, y_col=y_col)
     x_stride = _ceil4(w.row_elems) if x_stride is None else x_stride
@@ -144,15 +163,15 @@ def matmul_batch(
     unit = t in BATCH_FUSED and not fused
     sg = dev.info.subgroups
     rb = batch_rows(t, fused)
-    wg = pow2_at_most(64, dev.info.max_invocations)
     out = []
     for part in w.parts:
-        gx, gy = fold(-(-part.n_rows // (wg * rb)), dev.info.max_workgroups_per_dim)
-        for tn, tok0, n_tiles in token_tiles(n_tok):
+        g = batch_wg(part.n_rows, rb, dev.info.max_invocations) if wg is None else wg
+        gx, gy = fold(-(-part.n_rows // (g * rb)), dev.info.max_workgroups_per_dim)
+        for tn, tok0, n_tiles in token_tiles(n_tok, BATCH_TN[-1] if tn_max is None else tn_max):
             name = f"matmul_rows_{t.lower()}{'_unit' if unit else ''}_t{tn}{'_sg' if sg else ''}"
             params = u32s(w.row_elems, part.n_rows, w.row_bytes, _units(w), n_tok, x_stride, y_stride,
                           y_col + part.row_begin, gx, tok0)  # fmt: skip
-            out.append(build(dev, name, params, [part.buffer, x, y], (gx, gy, n_tiles), {"WG": wg}))
+            out.append(build(dev, name, params, [part.buffer, x, y], (gx, gy, n_tiles), {"WG": g}))
     return out
 
 
