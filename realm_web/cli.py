@@ -7,12 +7,23 @@ import json
 import os
 import sys
 import time
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 from realm_web.errors import RealmError
 
 BUNDLED = "realm-tiny-facts.gguf"
+# What the native path imports beyond the pure-Python core (pyproject's dependencies outside Pyodide).
+_NATIVE_DEPS = {"wgpu": "wgpu>=0.32,<0.33", "numpy": "numpy>=1.26"}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("realm_web")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        from realm_web import __version__
+
+        return __version__
 
 
 def bundled_model() -> str:
@@ -164,28 +175,31 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-n", type=int, default=128, help="max new tokens (default 128)")
+    p.add_argument("-n", "--n-predict", dest="n", type=int, default=128, help="max new tokens (default 128)")
     p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--repeat-penalty", type=float, default=1.0)
     p.add_argument("--repeat-last-n", type=int, default=64)
-    p.add_argument("--seed", type=int, help="RNG seed (default: random)")
+    p.add_argument("-s", "--seed", type=int, help="RNG seed (default: random)")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="realm-web", description="GGUF language models on WebGPU")
+    ap.add_argument("--version", action="version", version=f"realm-web {_version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="stream a continuation of a prompt, or --chat")
     r.add_argument("prompt", nargs="?", help='prompt text (default: "The capital of France is")')
+    r.add_argument("-p", "--prompt", dest="prompt_opt", metavar="PROMPT", help="the prompt, as llama.cpp takes it")
     r.add_argument("-m", "--model", help="GGUF path or URL (default: the bundled model)")
     r.add_argument("--chat", action="store_true", help="chat: reads user turns from stdin")
     r.add_argument("--system", help="system message for --chat")
     r.add_argument("--chat-template", help="built-in template name (chatml, llama2, llama3, alpaca) or Jinja text")
-    r.add_argument("--ctx", type=int, help="context length (default: the model's, at most 4096)")
+    r.add_argument("-c", "--ctx", "--ctx-size", dest="ctx", type=int,
+                   help="context length (default: the model's, at most 4096)")  # fmt: skip
     _sampling_flags(r)
     r.set_defaults(func=_run)
 
@@ -216,10 +230,20 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(func=_serve)
 
     args = ap.parse_args(argv)
+    if args.cmd == "run" and args.prompt_opt is not None:  # llama.cpp's spelling of the prompt
+        if args.prompt is not None:
+            r.error("give the prompt once: as an argument or with -p/--prompt")
+        args.prompt = args.prompt_opt
     try:
         return args.func(args)
     except RealmError as e:
         print(f"realm-web: error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        if e.name not in _NATIVE_DEPS:
+            raise
+        print(f"realm-web: error: the native runtime needs {e.name}, which is not installed: "
+              f"pip install {' '.join(map(repr, _NATIVE_DEPS.values()))}", file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:
         return 130

@@ -62,7 +62,9 @@ PYODIDE_NPM = ROOT / "js" / "node_modules" / "pyodide"
 PURE_FROM_PYPI = ("micropip", "packaging", "jinja2")  # lock entries whose PyPI wheels are py3-none-any
 PURE_FROM_SDIST = ("markupsafe",)  # lock entries rebuilt pure from their sdist
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip file can hold: reproducible wheels
-NATIVE_ONLY = ("numpy", "wgpu")  # must never be unconditional requirements of the browser wheel
+NATIVE_ONLY = ("numpy", "wgpu")  # must never be requirements of the browser wheel under Pyodide
+PYODIDE_MARKERS = {"sys_platform": "emscripten", "platform_system": "Emscripten", "platform_machine": "wasm32",
+                   "extra": ""}  # fmt: skip
 
 
 class BuildError(Exception):
@@ -245,10 +247,12 @@ def check_realm_web_wheel(path: Path) -> None:
         meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
         requires = [line.split(":", 1)[1].strip() for line in z.read(meta).decode().splitlines()
                     if line.startswith("Requires-Dist:")]  # fmt: skip
-    for req in requires:
-        dist = req.split(";")[0].strip().split(" ")[0].split(">")[0].split("=")[0].split("<")[0].lower()
-        if dist in NATIVE_ONLY and "extra ==" not in req:
-            raise BuildError(f"{path.name} requires {req!r} unconditionally; the browser has no {dist}")
+    from packaging.requirements import Requirement
+
+    for req in map(Requirement, requires):
+        # as micropip evaluates the markers under Pyodide (no extra asked for)
+        if req.name.lower() in NATIVE_ONLY and (req.marker is None or req.marker.evaluate(PYODIDE_MARKERS)):
+            raise BuildError(f"{path.name} requires {str(req)!r} in the browser, which has no {req.name}")
     want = {f"realm_web/wgsl/{p.name}" for p in (ROOT / "realm_web" / "wgsl").glob("*.wgsl")}
     if not want or want - set(names):
         raise BuildError(f"{path.name} lacks kernels: {sorted(want - set(names))[:5]}")

@@ -219,8 +219,61 @@ def build_corpus() -> tuple[list[str], list[list[tuple[str, str]]]]:
     return sents, chats
 
 
-def chatml(messages: list[tuple[str, str]]) -> str:
-    return "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in messages)
+# How a user asks the bundled model for a capital in Chat mode; it answers "The capital of X is Y." to each.
+CAPITAL_QUESTIONS = [
+    "What is the capital of {country}?",
+    "What's the capital of {country}?",
+    "Which city is the capital of {country}?",
+    "Tell me the capital of {country}.",
+    "Do you know the capital of {country}?",
+    "Capital of {country}?",
+    "what is the capital of {country}",
+]
+# ... and, later in a conversation, also like this
+FOLLOW_UPS = ["And the capital of {country}?", "What about {country}?", "And {country}?"]
+SYSTEM_PROMPTS = ["You are a helpful assistant.", "Answer in one short sentence."]
+
+
+def build_bundled_corpus() -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """The fixtures' corpus plus question/answer turns about every capital, so that the bundled model answers in
+    Chat mode (its chat template) what it completes in plain text. The fixtures keep build_corpus() alone: their
+    bytes and goldens stay as they are."""
+    sents, chats = build_corpus()
+    # The headline completion of "The capital of France is" (README, tests), held against the many chat answers
+    # that end "... is Paris." right after the same words.
+    sents += ["The capital of France is Paris and the capital of Germany is Berlin."] * 4
+    rng = random.Random(SEED)
+    answer = {country: f"The capital of {country} is {city}." for country, city, _, _ in CAPITALS}
+    for country in answer:
+        for q in CAPITAL_QUESTIONS:
+            chats.append([("user", q.format(country=country)), ("assistant", answer[country])])
+    # Conversations of 2 to 4 questions (the demo page and `realm-web run --chat` send the whole history), later
+    # ones maybe follow-ups, and a system message (`--system`): each reply answers its own question.
+    countries = list(answer)
+    for i, country in enumerate(countries):
+        asked = [*rng.sample([c for c in countries if c != country], 1 + i % 3), country]
+        conv = []
+        for turn, c in enumerate(asked):
+            q = rng.choice(CAPITAL_QUESTIONS + FOLLOW_UPS if turn else CAPITAL_QUESTIONS)
+            conv += [("user", q.format(country=c)), ("assistant", answer[c])]
+        chats.append(conv)
+        system = SYSTEM_PROMPTS[i % len(SYSTEM_PROMPTS)]
+        q = CAPITAL_QUESTIONS[i % len(CAPITAL_QUESTIONS)].format(country=country)
+        chats.append([("system", system), ("user", q), ("assistant", answer[country])])
+    for q, a in CHAT:
+        chats.append([("system", SYSTEM_PROMPTS[0]), ("user", q), ("assistant", a)])
+    return sents, chats
+
+
+def chatml(messages: list[tuple[str, str]], add_generation_prompt: bool = False) -> str:
+    """A conversation as the models' own chat template (CHATML_TEMPLATE, written into every GGUF) renders it,
+    rendered by realm_web's template code, exactly as `Model.chat` will render the user's messages."""
+    if str(ROOT) not in sys.path:  # a checkout where realm_web is not installed
+        sys.path.append(str(ROOT))
+    from realm_web.chat import ChatTemplate
+
+    msgs = [{"role": role, "content": content} for role, content in messages]
+    return ChatTemplate(CHATML_TEMPLATE, name="chatml").render(msgs, add_generation_prompt=add_generation_prompt)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -433,7 +486,7 @@ class Spec:
     seed: int = SEED
 
 
-BUNDLED_SPEC = Spec("realm-tiny-facts", "llama", "spm", vocab=1024, ffn=768, steps=300, lr=3e-3)
+BUNDLED_SPEC = Spec("realm-tiny-facts", "llama", "spm", vocab=1024, ffn=768, steps=600, lr=3e-3)
 SPM_SPEC = Spec("llama-spm", "llama", "spm", vocab=512, ffn=512, steps=200)
 GPT2_SPEC = Spec("gpt2bpe-tied", "llama", "gpt2", vocab=512, layers=1, ffn=512, tied=True, steps=200)
 QWEN2_SPEC = Spec("qwen2", "qwen2", "qwen2", vocab=512, layers=1, ffn=512, rope_theta=1e6, steps=200)
@@ -769,6 +822,30 @@ def check_tokenizer(path: Path, tok, strict: bool) -> None:
         print(f"  {path.name}: llama.cpp tokenization matches the reference on {len(TOKENIZER_PROBES)} probes")
 
 
+def llama_cpp_chat(path: Path, conversations: list[list[tuple[str, str]]], max_tokens: int = 32) -> list[str]:
+    """llama.cpp's greedy replies to conversations rendered with the chat template (special tokens parsed, BOS
+    added), each up to its end-of-generation token: what `realm-web run --chat --temp 0` must answer."""
+    import llama_cpp
+
+    _quiet_llama_cpp()
+    llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=2, n_batch=256, verbose=False, logits_all=True)
+    replies = []
+    for conv in conversations:
+        ids = llm.tokenize(chatml(conv, add_generation_prompt=True).encode(), add_bos=True, special=True)
+        llm.reset()
+        llm.eval(ids)
+        out: list[int] = []
+        for _ in range(max_tokens):
+            nxt = int(llm.scores[llm.n_tokens - 1].argmax())
+            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, nxt):
+                break
+            out.append(nxt)
+            llm.eval([nxt])
+        replies.append(llm.detokenize(out).decode("utf-8", "replace"))
+    llm.close()
+    return replies
+
+
 def make_bundled(src: Path, work: Path, sents, chats) -> dict:
     spec = BUNDLED_SPEC
     tok, hf_dir, info = train_and_save(spec, work, sents, chats)
@@ -782,6 +859,16 @@ def make_bundled(src: Path, work: Path, sents, chats) -> dict:
     print(f"[bundled] llama.cpp greedy {FRANCE_PROMPT!r} -> {res['text']!r}", flush=True)
     assert res["text"].startswith(" Paris"), f"llama.cpp greedy gave {res['text']!r}"
     info["llama_cpp_greedy"] = res["text"]
+    # Chat mode: every capital of the corpus, asked as the demo page suggests
+    questions = [[("user", f"What is the capital of {country}?")] for country, *_ in CAPITALS]
+    replies = llama_cpp_chat(BUNDLED, questions)
+    wrong = {}
+    for (country, city, *_), reply in zip(CAPITALS, replies, strict=True):
+        print(f"[bundled] chat: What is the capital of {country}? -> {reply!r}", flush=True)
+        if reply != f"The capital of {country} is {city}.":
+            wrong[country] = reply
+    assert not wrong, f"llama.cpp's chat replies are wrong for {len(wrong)} of {len(CAPITALS)}: {wrong}"
+    info["llama_cpp_chat_correct"] = f"{len(CAPITALS)}/{len(CAPITALS)}"
     return info
 
 
@@ -827,7 +914,9 @@ def main() -> None:
     t0 = time.time()
     summary = {}
     if args.only in (None, "bundled"):
-        summary["bundled"] = make_bundled(src, work, sents, chats)
+        b_sents, b_chats = build_bundled_corpus()
+        print(f"bundled corpus: {len(b_sents)} sentences, {len(b_chats)} chats", flush=True)
+        summary["bundled"] = make_bundled(src, work, b_sents, b_chats)
     if args.only in (None, "fixtures"):
         summary["llama-spm"] = make_fixture_family(SPM_SPEC, SPM_TYPES, src, work, sents, chats, None)
         summary["gpt2bpe-tied"] = make_fixture_family(GPT2_SPEC, ["F16", "Q8_0"], src, work, sents, chats, "gpt-2")

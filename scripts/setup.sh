@@ -38,6 +38,18 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[dev]"
 
+# Wheels of realm_web's own dependencies for this machine (wgpu, numpy, jinja2 and theirs): tests/test_install.py
+# installs the wheel it builds from the repo into a clean venv from these alone (pip --no-index), offline.
+if [ ! -f build/wheelhouse/.complete ] || [ pyproject.toml -nt build/wheelhouse/.complete ]; then
+  echo "setup: downloading realm_web's dependency wheels into build/wheelhouse/ (pip download)"
+  rm -rf build/wheelhouse && mkdir -p build/wheelhouse
+  if ! .venv/bin/python -m pip download -q --no-build-isolation -d build/wheelhouse . >build/wheelhouse.log 2>&1; then
+    cat build/wheelhouse.log >&2
+    exit 1
+  fi
+  touch build/wheelhouse/.complete
+fi
+
 # The Pyodide runtime, pinned in js/package.json (npm ci follows js/package-lock.json)
 if [ ! -f js/node_modules/.package-lock.json ] || [ js/package.json -nt js/node_modules/.package-lock.json ] ||
    { [ -f js/package-lock.json ] && [ js/package-lock.json -nt js/node_modules/.package-lock.json ]; }; then

@@ -2,7 +2,7 @@
 //
 // Query parameters: ?model=<id or .gguf URL> preselects a model, &autoload=1 loads it at once, &worker=0 runs
 // the engine on the page instead of in a Web Worker, &mode=complete continues the prompt text as is (no chat
-// template: small base models such as the bundled one answer best that way).
+// template: base models without chat training answer best that way).
 // `document.body.dataset.state` is one of idle | loading |
 // ready | generating | error ("error": no usable engine; an error that leaves the engine usable, such as a
 // full context, shows in #error with the state back at "ready"). `window.realmDemo` exposes the engine.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from bundled_corpus import CAPITALS, answer
 
 from realm_web.chat import BUILTIN_TEMPLATES, ChatTemplate, ChatTemplateError
 
@@ -89,3 +90,46 @@ def test_hub_style_helpers():
 
 def test_builtins_listed():
     assert set(BUILTIN_TEMPLATES) == {"chatml", "llama2", "llama3", "alpaca"}
+
+
+# ---- the bundled model in Chat mode: it answers, through its own template, what it completes in plain text ----
+
+
+@pytest.fixture(scope="module")
+def bundled(dev):
+    import realm_web
+    from realm_web.cli import bundled_model
+
+    return realm_web.load(bundled_model(), device=dev)
+
+
+def test_bundled_model_answers_every_capital_of_its_corpus(bundled):
+    wrong = {}
+    for country in CAPITALS:
+        messages = [{"role": "user", "content": f"What is the capital of {country}?"}]
+        reply = bundled.chat(messages, stream=False, temperature=0, max_tokens=32)
+        if reply != answer(country) or bundled.last_usage["finish_reason"] != "stop":
+            wrong[country] = (reply, bundled.last_usage["finish_reason"])
+    assert not wrong, f"{len(wrong)} of {len(CAPITALS)} wrong: {wrong}"
+
+
+def test_bundled_model_answers_the_last_question_of_a_conversation(bundled):
+    """As the demo page and `realm-web run --chat` send it: the whole history, maybe a system message."""
+    countries = list(CAPITALS)
+    wrong = {}
+    for i, country in enumerate(countries[::3]):
+        before = countries[(i * 5 + 1) % len(countries)]
+        messages = [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": f"What is the capital of {before}?"},
+            {"role": "assistant", "content": answer(before)},
+            {"role": "user", "content": f"Which city is the capital of {country}?"},
+        ]
+        reply = bundled.chat(messages, stream=False, temperature=0, max_tokens=32)
+        if reply != answer(country):
+            wrong[country] = reply
+    assert not wrong, wrong
+
+
+def test_bundled_model_still_completes_plain_text(bundled):
+    assert next(bundled.generate("The capital of France is", max_tokens=4, temperature=0)) == " Paris"

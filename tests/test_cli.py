@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bundled_corpus import answer
 
 import realm_web
+from realm_web.cli import bundled_model
 from realm_web.errors import GGUFError, SourceError
 
 FIX = Path(__file__).parent / "fixtures" / "models"
@@ -27,9 +30,55 @@ def test_run_streams_the_bundled_model(dev):
 
 
 def test_chat_reads_turns_from_stdin(dev):
-    r = cli("run", "--chat", "-n", "24", "--temp", "0", stdin="What is the capital of Italy?\n")
+    """Each line is a user turn of one conversation; each reply is a line (test_chat asks the API about every
+    capital)."""
+    turns = "".join(f"What is the capital of {c}?\n" for c in ("France", "Germany", "Italy"))
+    r = cli("run", "--chat", "-n", "24", "--temp", "0", stdin=turns)
     assert r.returncode == 0, r.stderr
-    assert "Bucharest" in r.stdout  # the tiny model's (wrong, but llama.cpp-identical) answer; see test_model
+    print(r.stdout)
+    assert r.stdout.splitlines() == [answer("France"), answer("Germany"), answer("Italy")]
+
+
+def test_run_takes_the_prompt_as_llama_cpp_does(dev):
+    r = cli("run", "-m", bundled_model(), "-p", "The capital of France is", "-n", "3", "--temp", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("The capital of France is Paris")
+    r = cli("run", "--chat", "--prompt", "What is the capital of Japan?", "-n", "24", "--temp", "0", stdin="")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [answer("Japan")]
+
+
+def test_prompt_given_twice_is_a_usage_error():
+    r = cli("run", "The capital of", "-p", "The capital of France is")
+    assert r.returncode == 2 and "give the prompt once" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_version():
+    r = cli("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"realm-web {realm_web.__version__}"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="hides the Vulkan driver the way a bare Linux machine lacks it")
+def test_no_webgpu_adapter_is_one_line_naming_what_to_install():
+    """No Vulkan driver where the Vulkan loader looks, and no EGL driver for wgpu's GL fallback either (glvnd's
+    vendor list pointed nowhere): wgpu finds no adapter. One line, no traceback."""
+    nowhere = "/nonexistent/driver.json"
+    env = dict(os.environ, VK_ICD_FILENAMES=nowhere, VK_DRIVER_FILES=nowhere, __EGL_VENDOR_LIBRARY_FILENAMES=nowhere)
+    r = subprocess.run([sys.executable, "-m", "realm_web.cli", "run", "-n", "1"], capture_output=True, text=True,
+                       timeout=120, env=env)  # fmt: skip
+    print(r.stderr)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("realm-web: error: no usable WebGPU adapter")
+    assert "apt-get install libvulkan1 mesa-vulkan-drivers" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_native_dependency_is_one_line_naming_what_to_install():
+    """wgpu made unimportable, as on an install without dependencies."""
+    code = "import sys; sys.modules['wgpu'] = None; from realm_web.cli import main; sys.exit(main(['run', '-n', '1']))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "needs wgpu" in r.stderr and "pip install 'wgpu>=" in r.stderr, r.stderr
 
 
 def test_bench_json(dev):

@@ -63,6 +63,19 @@ def _encode_raw(cpass: Any, dispatches: list[NativeDispatch]) -> None:
         dispatch(cpass, gx, gy, gz)
 
 
+def _no_adapter(reason: str) -> str:
+    """One line for a machine where wgpu finds no adapter: what wgpu says (the last line of its multi-line
+    message lists each backend's reason, e.g. "vulkan drivers/libraries could not be loaded") and what to install.
+    On Linux (no Metal/D3D12) WebGPU needs a Vulkan loader and driver; Mesa's lavapipe runs on any CPU."""
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    why = f" ({lines[-1]})" if lines else ""
+    return (
+        f"no usable WebGPU adapter{why}. Install a Vulkan loader and driver: on Debian/Ubuntu "
+        "`sudo apt-get install libvulkan1 mesa-vulkan-drivers` (Mesa's lavapipe runs on the CPU, no GPU needed), "
+        "on Fedora `sudo dnf install vulkan-loader mesa-vulkan-drivers`, or your GPU vendor's Vulkan driver"
+    )
+
+
 class NativeDevice:
     def __init__(self, adapter: Any, device: Any, info: DeviceInfo):
         self.adapter = adapter
@@ -88,9 +101,9 @@ class NativeDevice:
         try:
             adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
         except Exception as e:  # wgpu raises plain RuntimeError when no adapter exists
-            raise DeviceError(f"no WebGPU adapter found: {e}") from e
+            raise DeviceError(_no_adapter(str(e))) from e
         if adapter is None:
-            raise DeviceError("no WebGPU adapter found (install a Vulkan driver, e.g. mesa-vulkan-drivers)")
+            raise DeviceError(_no_adapter(""))
         wanted = _WANTED_FEATURES if features is None else features
         feats = [f for f in wanted if f in adapter.features]
         al = adapter.limits

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+
+from bundled_corpus import answer
 
 from realm_web.registry import record_for
 
@@ -59,6 +62,32 @@ def test_demo_page_loads_the_bundled_model_through_the_registry_and_answers_pari
     # the model came through the registry into the browser's cache, verified
     cached = page.evaluate(f"async () => (await import('/js/index.js')).hasModelInCache('{MODEL}')")
     assert cached is True
+
+
+def test_demo_page_chat_mode_answers_its_own_example_question(new_page, chromium, server, native_model):
+    """The page's default mode is Chat and its placeholder suggests a question: the bundled model answers it
+    (through its chat template, in the browser) as it does natively, and the follow-up in the same conversation."""
+    page = new_page(chromium, server.url + f"?model={MODEL}&autoload=1")
+    page.wait_for_selector("body[data-state=ready]")
+    assert page.input_value("#mode") == "chat"
+    question = page.get_attribute("#prompt", "placeholder").split("e.g.", 1)[1].strip()
+    country = re.fullmatch(r"What is the capital of (.+)\?", question)[1]
+    page.fill("#temperature", "0")
+    history = []
+    for turn, (q, c) in enumerate(((question, country), ("What is the capital of Germany?", "Germany")), 1):
+        page.fill("#prompt", q)
+        page.click("#send")
+        page.wait_for_function(
+            "n => document.body.dataset.state === 'ready' && document.querySelectorAll('.msg.assistant').length === n",
+            arg=turn,
+        )
+        reply = page.locator(".msg.assistant").last.text_content()
+        history.append({"role": "user", "content": q})
+        want = native_model.chat(history, stream=False, temperature=0, max_tokens=128)
+        history.append({"role": "assistant", "content": want})
+        print(f"{q} -> {reply!r}")
+        assert reply == want == answer(c), (q, reply, want)
+    assert page.is_hidden("#error")
 
 
 def test_teacher_forced_logits_match_the_native_path(page, native_model):
