@@ -307,5 +307,6 @@ export function chatRequest(p) {
     repeat_penalty: p.repetition_penalty ?? p.repeat_penalty,
     seed: p.seed,
     stop: stopList(p.stop),
+    cache_salt: p.cache_salt,
   });
 }

@@ -175,6 +175,8 @@ export interface ChatCompletionCreateParamsBase {
   repetition_penalty?: number | null;
   seed?: number | null;
   stop?: string | string[] | null;
+  /** Prefix-cache tenant: requests share cached prompt blocks only with requests of the same salt. */
+  cache_salt?: string | null;
   /** Only 1. */
   n?: number | null;
   /** Abort the request (with stream: rejects the iteration with AbortError). */

@@ -68,6 +68,7 @@ test("chat parameters map to the Python request", () => {
     max_tokens: 16, temperature: 0.5, top_p: 0.9, top_k: 40, repeat_penalty: 1.1, seed: 7, stop: ["\n"],
   });
   assert.equal(chatRequest({ messages: [{ role: "user", content: "x" }], max_completion_tokens: 3, max_tokens: 9 }).max_tokens, 3);
+  assert.equal(chatRequest({ messages: [{ role: "user", content: "x" }], cache_salt: "tenant-a" }).cache_salt, "tenant-a");
   for (const bad of [{ messages: [] }, { messages: [{ role: "user", content: "x" }], n: 2 }, { messages: [{ role: "user", content: "x" }], frequency_penalty: 0.5 }]) {
     assert.throws(() => chatRequest(bad), (e) => e instanceof errors.RealmError && e.code === "invalid_request");
   }
