@@ -225,3 +225,12 @@ def test_a_consumer_that_fails_cancels_only_its_own_request(m):
     assert "".join(other) == alone
     assert seq.finish_reason == "abort" and got[-1].finished
     whole(m)
+
+
+def test_generate_ids_are_the_ids_of_the_text(m):
+    from realm_web.sampling import SamplingParams
+
+    ids = list(m.generate_ids(m.tokenize(PROMPTS[2]), 12, SamplingParams(temperature=0)))
+    assert m.last_usage["completion_tokens"] == len(ids) > 0
+    text = solo(m, PROMPTS[2], max_tokens=12, temperature=0)
+    assert m.tokenizer.detokenize(ids).strip() == text.strip() and text.startswith(" ")
