@@ -53,6 +53,8 @@ def _load(args: argparse.Namespace):
 
     path = args.model or bundled_model()
     opts = {"n_ctx": args.ctx} if getattr(args, "ctx", None) else {}
+    if getattr(args, "streams", None):  # bench --streams: room for the most streams at once
+        opts["n_parallel"] = max(args.streams)
     if getattr(args, "chat_template", None):
         opts["chat_template"] = args.chat_template
     return realm_web.load(path, progress=ProgressBar(f"loading {os.path.basename(path)}"), **opts)
@@ -129,6 +131,21 @@ def _bench(args: argparse.Namespace) -> int:
 
         r = profile_decode(_load(args), n_steps=args.steps, n_prompt=args.prompt_tokens)
         print(json.dumps(r, indent=2) if args.json else format_profile(r))
+        return 0
+    if args.streams:
+        from realm_web.bench import bench_batched
+
+        model = _load(args)
+        rows = [bench_batched(model, n, n_prompt=min(args.prompt_tokens, 64), n_gen=args.gen_tokens)
+                for n in args.streams]  # fmt: skip
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(f"aggregate decode of concurrent greedy streams on {model.device.info.name}")
+            for r in rows:
+                print(f"{r['n_streams']:>3} streams  {r['decode_tok_s']:8.1f} tok/s  "
+                      f"({r['per_stream_tok_s']:.1f} per stream, {r['decode_tok_s'] / rows[0]['decode_tok_s']:.2f}x "
+                      f"the first row)")  # fmt: skip
         return 0
     from realm_web.bench import bench_model
 
@@ -213,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--types", help="--kernels: comma-separated quant types (default: all)")
     b.add_argument("--profile", action="store_true", help="GPU time per kernel of a decode step, and host time")
     b.add_argument("--steps", type=int, default=16, help="--profile: decode steps measured (default 16)")
+    b.add_argument("--streams", type=lambda v: [int(x) for x in v.split(",")], metavar="N,N,...",
+                   help="aggregate decode tok/s of N concurrent streams (batched), e.g. 1,2,4,8")  # fmt: skip
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(func=_bench)
 

@@ -88,6 +88,15 @@ def test_bench_json(dev):
     assert out["decode_tok_s"] > 0 and out["prefill_tok_s"] > 0 and out["n_gen"] == 8
 
 
+def test_bench_streams_json(dev):
+    """Aggregate decode of concurrent streams: one row per stream count, every stream's tokens accounted for."""
+    r = cli("bench", "--streams", "1,3", "--json", "--prompt-tokens", "8", "--gen-tokens", "6")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [x["n_streams"] for x in rows] == [1, 3] and all(x["decode_tok_s"] > 0 for x in rows)
+    assert rows[1]["per_stream_tok_s"] == pytest.approx(rows[1]["decode_tok_s"] / 3)
+
+
 def test_bench_kernels_json(dev):
     r = cli("bench", "--kernels", "--json", "--types", "q4_k,f16", "--rows", "256", "--cols", "512")
     assert r.returncode == 0, r.stderr
