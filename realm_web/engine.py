@@ -246,6 +246,7 @@ class Engine:
             "kv_blocks_free": b.n_free,
             "kv_blocks_used": b.n_blocks - b.n_free,
             "kv_blocks_cached": len(b.cached),
+            "kv_cache_bytes": self.kv.bytes,
             "prefix_cache_hit_tokens": b.hits,
             "prefix_cache_query_tokens": b.queries,
             "preemptions": self.scheduler.n_preemptions,

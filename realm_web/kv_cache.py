@@ -172,7 +172,7 @@ class PagedKVCache:
         self.k = [dev.create_buffer(pool, f"blk.{i}.k_pool") for i in range(n_layer)]
         self.v = [dev.create_buffer(pool, f"blk.{i}.v_pool") for i in range(n_layer)]
         self.table: Buffer = dev.create_buffer(4 * n_slots * max_blocks, "block_table")
-        self.bytes = 2 * n_layer * pool
+        self.bytes = 2 * n_layer * pool  # GPU memory of the pool (K and V, every layer)
 
     def write_row(self, slot: int, blocks: list[int]) -> None:
         """The GPU copy of slot `slot`'s block table (its blocks in order)."""

@@ -256,6 +256,8 @@ export interface EngineStats {
   kv_blocks_used: number;
   /** Free blocks that still hold a cached prefix. */
   kv_blocks_cached: number;
+  /** GPU memory of the KV pool (K and V of every layer), in bytes. */
+  kv_cache_bytes: number;
   prefix_cache_hit_tokens: number;
   prefix_cache_query_tokens: number;
   preemptions: number;
