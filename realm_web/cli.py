@@ -14,7 +14,13 @@ from realm_web.errors import RealmError
 
 BUNDLED = "realm-tiny-facts.gguf"
 # What the native path imports beyond the pure-Python core (pyproject's dependencies outside Pyodide).
-_NATIVE_DEPS = {"wgpu": "wgpu>=0.32,<0.33", "numpy": "numpy>=1.26"}
+_NATIVE_DEPS = {
+    "wgpu": "wgpu>=0.32,<0.33",
+    "numpy": "numpy>=1.26",
+    "starlette": "starlette>=0.40",
+    "uvicorn": "uvicorn>=0.30",
+    "prometheus_client": "prometheus-client>=0.20",
+}
 
 
 def _version() -> str:
@@ -186,9 +192,19 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from realm_web.serve import serve
+    from realm_web.server import serve
 
-    return serve(args.host, args.port, args.model or [], open_browser=args.open)
+    keys = list(args.api_key or [])
+    env_keys = os.environ.get("REALM_WEB_API_KEYS", "")
+    keys += [k for k in env_keys.split(",") if k.strip()]
+    options = {"n_parallel": args.n_parallel, "api_keys": keys, "rate_limit": args.rate_limit,
+               "max_concurrent": args.max_concurrent, "max_body": args.max_body,
+               "cors_origins": args.cors_origin or []}  # fmt: skip
+    if args.ctx:
+        options["n_ctx"] = args.ctx
+    if args.kv_cache_tokens:
+        options["kv_cache_tokens"] = args.kv_cache_tokens
+    return serve(args.host, args.port, args.model or [], open_browser=args.open, **options)
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -240,11 +256,23 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_models)
 
-    s = sub.add_parser("serve", help="the demo page, the JS SDK and models over HTTP, for a browser")
+    s = sub.add_parser("serve", help="an OpenAI-compatible API, the demo page and the SDK over HTTP")
+    s.add_argument("-m", "--model", action="append", metavar="PATH",
+                   help="GGUF file to serve, routed by its file stem as `model` (repeatable; default: the bundled "
+                        "model). Each is loaded for the API and offered to the demo page")  # fmt: skip
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    s.add_argument("-m", "--model", action="extend", nargs="+", metavar="PATH",
-                   help="GGUF files to serve besides the bundled model (repeatable)")  # fmt: skip
+    s.add_argument("--api-key", action="append", metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1/ (repeatable; "
+                        "also REALM_WEB_API_KEYS=k1,k2)")  # fmt: skip
+    s.add_argument("--n-parallel", "-np", type=int, default=8, help="sequences decoded together per model (default 8)")
+    s.add_argument("-c", "--ctx-size", dest="ctx", type=int, help="context length (default: the model's, at most 4096)")
+    s.add_argument("--kv-cache-tokens", type=int, help="paged KV pool size in tokens (default: n-parallel contexts)")
+    s.add_argument("--rate-limit", type=int, metavar="RPM", help="requests per minute per key (default: no limit)")
+    s.add_argument("--max-concurrent", type=int, metavar="N", help="requests in flight per key (default: no limit)")
+    s.add_argument("--max-body", type=int, default=4 << 20, metavar="BYTES", help="request body limit (default 4 MiB)")
+    s.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                   help="allow cross-origin requests from ORIGIN ('*' for any; repeatable; default: none)")  # fmt: skip
     s.add_argument("--open", action="store_true", help="open the page in the default browser")
     s.set_defaults(func=_serve)
 

@@ -137,7 +137,7 @@ class Engine:
             extra = [self.sampler.dispatch(n_out_b)]
         self.t.run(ids, pos, slots, out_rows, extra)
         sampled = self.sampler.read(len(out_rows)) if sampling else []
-        logits = self.t.read_logits(len(out_rows)) if any(s.scoring for s, _, _ in outs) else b""
+        logits = self.t.read_logits(len(out_rows)) if any(s.scoring or s.logprobs for s, _, _ in outs) else b""
         self.n_steps += 1
         for seq, n in sched:
             seq.n_computed += n
@@ -152,21 +152,22 @@ class Engine:
             else:
                 if seq.t_first is None:
                     seq.t_first = now
-                self._append(seq, sampled[row])
+                row_logits = logits[row * row_bytes : (row + 1) * row_bytes] if seq.logprobs else None
+                self._append(seq, sampled[row], row_logits)
         return True
 
-    def _append(self, seq: Sequence, tok: int) -> None:
+    def _append(self, seq: Sequence, tok: int, logits: bytes | None = None) -> None:
         if not seq.ignore_eos and self.tokenizer.is_eog(tok):
             self._finish(seq, "stop")
             return
         seq.token_ids.append(tok)
         piece = seq.text.feed(tok) if seq.text is not None else ""
         if seq.text is not None and seq.text.stopped:
-            self._finish(seq, "stop", piece, tok)
+            self._finish(seq, "stop", piece, tok, logits=logits)
         elif seq.n_generated >= seq.max_tokens or len(seq.token_ids) > self.n_ctx:
-            self._finish(seq, "length", piece, tok)
+            self._finish(seq, "length", piece, tok, logits=logits)
         else:
-            self._emit(seq, Event(seq, tok, piece))
+            self._emit(seq, Event(seq, tok, piece, logits=logits))
 
     def _emit(self, seq: Sequence, ev: Event) -> None:
         """Hand `ev` to its consumer. A consumer that is gone (a closed event loop, a failing callback) cancels
@@ -178,13 +179,13 @@ class Engine:
                 self._finish(seq, "abort")
 
     def _finish(self, seq: Sequence, reason: str, piece: str = "", tok: int | None = None,
-                error: BaseException | None = None) -> None:  # fmt: skip
+                error: BaseException | None = None, logits: bytes | None = None) -> None:  # fmt: skip
         self.scheduler.finish(seq)
         seq.finish_reason = seq.finish_reason or reason
         seq.error = error
         if reason != "abort" and error is None and seq.text is not None:
             piece += seq.text.flush()
-        self._emit(seq, Event(seq, tok, piece, finished=True, error=error))
+        self._emit(seq, Event(seq, tok, piece, finished=True, error=error, logits=logits))
 
     def fail_all(self, error: BaseException) -> None:
         """Every request ends with `error` (the device was lost, or a step failed)."""

@@ -159,6 +159,7 @@ class Model:
         ignore_eos: bool = False,
         add_special: bool = True,
         parse_special: bool = False,
+        logprobs: bool = False,
     ) -> Request:
         """A checked request (what generate, agenerate and generate_batch submit): bad input fails here."""
         sp = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
@@ -166,7 +167,7 @@ class Model:
         ids = self._check_prompt(ids, max_tokens)
         if isinstance(stop, str):
             stop = [stop]
-        return Request(ids, sp, int(max_tokens), [str(s) for s in stop], cache_salt, ignore_eos)
+        return Request(ids, sp, int(max_tokens), [str(s) for s in stop], cache_salt, ignore_eos, logprobs)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **options: Any) -> Generation:
         """Stream the continuation of `prompt` (text, or token ids) piece by piece as tokens are produced.
@@ -255,6 +256,7 @@ class Request:
     stop: list[str] = field(default_factory=list)
     cache_salt: str | None = None
     ignore_eos: bool = False
+    logprobs: bool = False  # each event carries the logits row its token was sampled from
 
 
 class _Stream:
@@ -262,7 +264,8 @@ class _Stream:
 
     def __init__(self, model: Model, req: Request, emit: Callable[[Event], None], text: bool = True):
         self.model, self.usage, self._n = model, {}, 0
-        self.seq = _Seq(req.ids, req.sampling, req.max_tokens, emit, req.stop, req.cache_salt, req.ignore_eos)
+        self.seq = _Seq(req.ids, req.sampling, req.max_tokens, emit, req.stop, req.cache_salt, req.ignore_eos,
+                        req.logprobs)  # fmt: skip
         if text and req.sampling is not None:
             self.seq.text = TextStream(model.tokenizer, req.stop)
         self._update(None)
@@ -357,7 +360,8 @@ class AsyncGeneration(_Stream):
     def _emit(self, ev: Event) -> None:
         self._loop.call_soon_threadsafe(self._events.put_nowait, ev)
 
-    async def __aiter__(self):
+    async def events(self):
+        """Every event of the request (token, piece, logits row, the end), usage updated before each."""
         eng, done = self.model.engine, False
         try:
             while not done:
@@ -368,11 +372,23 @@ class AsyncGeneration(_Stream):
                 done = ev.finished
                 if ev.error is not None:
                     raise ev.error
+                yield ev
+        finally:
+            if not done:
+                self.cancel()
+
+    def cancel(self) -> None:
+        """Stop the request (its blocks are freed at the next step boundary, at once when the engine is idle)."""
+        self.model.engine.cancel(self.seq)
+
+    async def __aiter__(self):
+        events = self.events()
+        try:
+            async for ev in events:
                 if ev.piece:
                     yield ev.piece
         finally:
-            if not done:
-                eng.cancel(self.seq)
+            await events.aclose()  # cancels the request when the caller left early
 
 
 class Session:

@@ -34,6 +34,7 @@ class Sequence:
     stop: list[str] = field(default_factory=list)
     cache_salt: str | None = None
     ignore_eos: bool = False
+    logprobs: bool = False  # hand each sampled token's logits row to the consumer (Event.logits)
     id: int = field(default_factory=lambda: next(_ids))
     token_ids: list[int] = field(init=False)
     status: Status = Status.WAITING
@@ -92,3 +93,4 @@ class Event:
     piece: str = ""
     finished: bool = False
     error: BaseException | None = None
+    logits: bytes | None = None  # f32 [n_vocab] the token was sampled from (sequences with `logprobs`)

@@ -80,7 +80,7 @@ def test_wheel_requires_wgpu_and_numpy_natively_and_not_in_the_browser(wheel: Pa
     def needed(env: dict) -> set[str]:
         return {r.name.lower() for r in reqs if r.marker is None or r.marker.evaluate(env)}
 
-    assert {"wgpu", "numpy", "jinja2"} <= needed(native)
+    assert {"wgpu", "numpy", "jinja2", "starlette", "uvicorn", "prometheus-client"} <= needed(native)
     assert needed(pyodide) == {"jinja2"}
 
 
@@ -99,3 +99,38 @@ def test_pip_installed_wheel_streams_paris_from_another_folder(venv: Path, tmp_p
 def test_pip_installed_version(venv: Path, wheel: Path, tmp_path: Path):
     r = run([str(venv / "realm-web"), "--version"], cwd=tmp_path)
     assert r.stdout.strip() == f"realm-web {wheel.name.split('-')[1]}"
+
+
+def test_pip_installed_server_answers_the_openai_api(venv: Path, tmp_path: Path, dev):
+    """`realm-web serve` from a plain install (no checkout, so no demo page) serves the API on the bundled model."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    proc = subprocess.Popen([str(venv / "realm-web"), "serve", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() - t0 < 120, "the server did not become healthy"
+            time.sleep(0.2)
+        r = httpx.post(url + "/v1/completions", json={"model": "realm-tiny-facts", "prompt": "The capital of France is",
+                                                      "max_tokens": 2, "temperature": 0}, timeout=60)  # fmt: skip
+        assert r.status_code == 200 and r.json()["choices"][0]["text"].startswith(" Paris"), r.text
+        assert httpx.get(url + "/").status_code == 404  # no page without a checkout
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert "serving the API alone" in err and "Traceback" not in err, err

@@ -1,5 +1,6 @@
-"""`realm-web serve` (realm_web/serve.py) over real HTTP on 127.0.0.1: layout, MIME types, ranges, refusals,
-the generated registry and the fault-injection hook. No browser."""
+"""`realm-web serve`'s files half (realm_web/server/files.py) over real HTTP on 127.0.0.1: layout, MIME types,
+ranges, refusals, the generated registry and the fault-injection hook. No browser, no model loaded (the API has
+its own tests: test_server_api.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from realm_web import cli, serve
+from realm_web import cli
 from realm_web.cli import bundled_model
 from realm_web.registry import record_for
-from realm_web.serve import Handler, ServeError, make_server, parse_range, start_in_thread
+from realm_web.server import Files, ServeError, make_server, parse_range
+from realm_web.server import app as server_app
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = Path(bundled_model())
@@ -37,13 +39,12 @@ class Client:
 
 
 def _running(**kw) -> Iterator:
-    server = make_server("127.0.0.1", 0, **kw)
-    start_in_thread(server)
+    server = make_server("127.0.0.1", 0, api=False, **kw)
+    server.start()
     try:
         yield server
     finally:
         server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -256,13 +257,19 @@ def test_model_name_clash_and_missing_model(tmp_path):
 
 
 def test_missing_bundle_says_to_run_setup(tmp_path, monkeypatch, capsys):
+    """make_server refuses; `realm-web serve` says why and serves the API alone (what a pip install has)."""
     root = fake_checkout(tmp_path / "repo", manifest=False)
     with pytest.raises(ServeError, match=r"web bundle is missing.*scripts/setup\.sh"):
         make_server("127.0.0.1", 0, root=root)
-    monkeypatch.setattr(serve, "REPO_ROOT", root)
-    assert cli.main(["serve", "--port", "0"]) == 1
+    served = []
+    monkeypatch.setattr(server_app, "REPO_ROOT", root)
+    monkeypatch.setattr(server_app.Server, "serve_forever", lambda self: served.append(self))
+    assert cli.main(["serve", "--port", "0"]) == 0
     err = capsys.readouterr().err
-    assert "realm-web: error: the web bundle is missing" in err and "./scripts/setup.sh" in err
+    assert "the web bundle is missing" in err and "./scripts/setup.sh" in err and "serving the API alone" in err
+    (server,) = served
+    assert server.files is None and list(server.pool.entries) == ["realm-tiny-facts"]
+    server.socket.close()
 
 
 def test_not_a_checkout(tmp_path):
@@ -273,27 +280,27 @@ def test_not_a_checkout(tmp_path):
 # ---- fault injection (for browser tests) --------------------------------------------------------------------
 
 
-class Truncating(Handler):
+class Truncating(Files):
     """Sends the first 1000 bytes of any model body, then drops the connection."""
 
-    def file_chunks(self, route, start, length):
+    def file_chunks(self, route, start, length, request):
         if route.path is None or route.path.suffix != ".gguf":
-            yield from super().file_chunks(route, start, length)
+            yield from super().file_chunks(route, start, length, request)
             return
         left = 1000
-        for chunk in super().file_chunks(route, start, length):
+        for chunk in super().file_chunks(route, start, length, request):
             yield chunk[:left]
             left -= len(chunk[:left])
             if left <= 0:
                 return
 
 
-class Corrupting(Handler):
+class Corrupting(Files):
     """Flips every byte of model bodies at absolute offset 64."""
 
-    def file_chunks(self, route, start, length):
+    def file_chunks(self, route, start, length, request):
         pos = start
-        for chunk in super().file_chunks(route, start, length):
+        for chunk in super().file_chunks(route, start, length, request):
             if route.path is not None and route.path.suffix == ".gguf" and pos <= 64 < pos + len(chunk):
                 b = bytearray(chunk)
                 b[64 - pos] ^= 0xFF
@@ -304,7 +311,7 @@ class Corrupting(Handler):
 
 def test_truncating_handler_cuts_the_body(tmp_path):
     root = fake_checkout(tmp_path / "repo")
-    for server in _running(root=root, handler=Truncating):
+    for server in _running(root=root, files=Truncating):
         c = Client(server)
         c.conn.request("GET", "/models/realm-tiny-facts.gguf")
         r = c.conn.getresponse()
@@ -318,7 +325,7 @@ def test_truncating_handler_cuts_the_body(tmp_path):
 def test_corrupting_handler(tmp_path):
     root = fake_checkout(tmp_path / "repo")
     data = BUNDLED.read_bytes()
-    for server in _running(root=root, handler=Corrupting):
+    for server in _running(root=root, files=Corrupting):
         body = Client(server).request("/models/realm-tiny-facts.gguf")[1]
         assert len(body) == len(data) and body[64] == data[64] ^ 0xFF and body[:64] == data[:64]
         part = Client(server).request("/models/realm-tiny-facts.gguf", headers={"Range": "bytes=60-69"})[1]

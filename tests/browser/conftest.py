@@ -70,25 +70,25 @@ def chromium_without_webgpu(playwright_api):
 
 @pytest.fixture(scope="session")
 def server():
-    from realm_web.serve import Handler, Route, ServeError, make_server, start_in_thread
+    from realm_web.server import Files, Route, ServeError, make_server
 
     bundled = Path(bundled_model())
     log: list[tuple[str, str | None]] = []  # (path, Range header) of every request
     dropped: set[str] = set()
     lock = threading.Lock()
 
-    class FaultyHandler(Handler):
-        def route(self, path: str) -> Route | None:
+    class FaultyFiles(Files):
+        def route(self, path: str, request) -> Route | None:
             with lock:
-                log.append((path, self.headers.get("Range")))
+                log.append((path, request.headers.get("range")))
             if path.startswith("/faulty/"):
                 return Route(bundled)
-            return super().route(path)
+            return super().route(path, request)
 
-        def file_chunks(self, route: Route, start: int, length: int):
-            path = self.path.split("?")[0]
+        def file_chunks(self, route: Route, start: int, length: int, request):
+            path = request.url.path
             sent = 0
-            for chunk in super().file_chunks(route, start, length):
+            for chunk in super().file_chunks(route, start, length, request):
                 if path.startswith("/faulty/corrupt/") and start <= 4096 < start + sent + len(chunk):
                     i = 4096 - (start + sent)
                     chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
@@ -99,19 +99,19 @@ def server():
                     if first:
                         yield chunk[: (256 << 10) - sent]
                         time.sleep(0.5)  # let the browser take those bytes before the connection dies
-                        return  # the handler closes the connection mid-body
+                        return  # the body ends early: the server closes the connection mid-body
                 sent += len(chunk)
                 yield chunk
 
     try:
-        srv = make_server("127.0.0.1", 0, handler=FaultyHandler)
+        # the same server as `realm-web serve`: the page and files, and the OpenAI API on the bundled model
+        srv = make_server("127.0.0.1", 0, files=FaultyFiles)
     except ServeError as e:
         _unavailable(str(e))
     srv.request_log = log
-    start_in_thread(srv)
+    srv.start()
     yield srv
     srv.shutdown()
-    srv.server_close()
 
 
 @pytest.fixture

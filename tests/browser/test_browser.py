@@ -191,7 +191,7 @@ def test_breaking_out_of_a_stream_stops_generation(page):
 
 
 def test_a_corrupt_download_is_refused_and_does_not_poison_the_cache(page, server):
-    rec = record_for(server.models["realm-tiny-facts.gguf"])
+    rec = record_for(server.files.models["realm-tiny-facts.gguf"])
     bad = {**rec, "id": "corrupt", "url": "/faulty/corrupt/realm-tiny-facts.gguf"}
     good = {**rec, "id": "good", "url": "/models/realm-tiny-facts.gguf"}
     setup_page(page)
@@ -215,7 +215,7 @@ def test_a_corrupt_download_is_refused_and_does_not_poison_the_cache(page, serve
 
 
 def test_an_interrupted_download_resumes_with_a_range_request(page, server):
-    rec = record_for(server.models["realm-tiny-facts.gguf"])
+    rec = record_for(server.files.models["realm-tiny-facts.gguf"])
     flaky = {**rec, "id": "flaky", "url": "/faulty/drop/realm-tiny-facts.gguf"}
     setup_page(page)
     got = page.evaluate(
@@ -294,4 +294,22 @@ def test_the_engine_also_runs_on_the_page_without_a_worker(page):
 def test_the_served_registry_lists_the_bundled_model(page, server):
     records = json.loads(page.evaluate("async () => (await fetch('/models/registry.json')).text()"))
     assert [r["id"] for r in records] == [MODEL]
-    assert records[0]["sha256"] == record_for(server.models["realm-tiny-facts.gguf"])["sha256"]
+    assert records[0]["sha256"] == record_for(server.files.models["realm-tiny-facts.gguf"])["sha256"]
+
+
+def test_the_page_and_the_openai_api_share_one_server(page, server, native_model):
+    """The page's origin also answers the OpenAI API (fetch from the page, same origin): the native engine's
+    greedy completion of the bundled model is the one the Python API gives."""
+    assert server.wait_ready(60)
+    body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
+    got = page.evaluate(
+        """async (body) => {
+            const r = await fetch('/v1/completions', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                                      body: JSON.stringify(body)});
+            return {status: r.status, json: await r.json()};
+        }""",
+        body,
+    )
+    assert got["status"] == 200
+    want = "".join(native_model.generate("The capital of France is", max_tokens=4, temperature=0))
+    assert got["json"]["choices"][0]["text"] == want
