@@ -130,17 +130,15 @@ _BROWSER_JS = """async ([id, streams, nPrompt, nGen]) => {
 
 def realm_browser(gguf: str, streams: list[int], n_prompt: int, n_gen: int) -> dict:
     from benchmarks.browser_peers import _Browser
-    from realm_web.serve import make_server, start_in_thread
+    from realm_web.server import make_server
 
-    srv = make_server("127.0.0.1", 0, models=[gguf], bundled=False)
-    start_in_thread(srv)
+    srv = make_server("127.0.0.1", 0, models=[gguf], bundled=False, api=False).start()
     try:
         with _Browser("/usr/bin/chromium") as b:
             b.page.goto(srv.url + "runtime/manifest.json")
             return b.evaluate("realm_web", _BROWSER_JS, [srv.registry[0]["id"], streams, n_prompt, n_gen])
     finally:
         srv.shutdown()
-        srv.server_close()
 
 
 ENGINES = {"realm": realm_native, "llama.cpp": llama_cpp_batched, "browser": realm_browser}

@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chromium", default=os.environ.get("REALM_WEB_CHROMIUM", "/usr/bin/chromium"))
     ap.add_argument("--json", help="also write the rows here")
     a = ap.parse_args(argv)
-    from realm_web.serve import Handler, RealmServer, start_in_thread
+    from realm_web.server import file_server
 
     sizes = [int(v) for v in a.n.split(",")]
     caps = [int(v) for v in a.caps.split(",") if v]
@@ -303,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         files = Path(tmp)
         (files / "index.html").write_text("<!doctype html><title>batched matmul</title>\n")
         mounts = {"/": files, "/wgsl": (ROOT / "realm_web" / "wgsl").resolve()}
-        srv = RealmServer(("127.0.0.1", 0), Handler, mounts=mounts, models={}, registry=[], quiet=True)
-        start_in_thread(srv)
+        srv = file_server(mounts).start()
         try:
             with _Browser(a.chromium) as b:
                 b.page.goto(srv.url)
@@ -335,7 +334,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         finally:
             srv.shutdown()
-            srv.server_close()
     print(table(rows))
     print("\npipeline compile ms: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(compile_ms.items())))
     if a.json:

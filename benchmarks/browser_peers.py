@@ -160,17 +160,17 @@ def realm_browser(gguf: str, prompt: list[int], n_gen: int, *, chromium: str = "
     """realm_web's JS SDK in headless Chromium (WebGPU): load from the local server, then engine.benchmark with
     the exact prompt ids. ttft_s and decode times come from realm_web.bench.bench_model inside the engine."""
     from realm_web.errors import RealmError
-    from realm_web.serve import make_server, start_in_thread
+    from realm_web.server import make_server
 
     try:
-        srv = make_server("127.0.0.1", 0, models=[gguf], bundled=False)
+        srv = make_server("127.0.0.1", 0, models=[gguf], bundled=False, api=False)
     except RealmError as e:
         raise Unavailable(f"realm_web cannot serve {gguf}: {e}") from None
     record = srv.registry[0]
     if record.get("error"):
-        srv.server_close()
+        srv.socket.close()
         raise Unavailable(f"realm_web cannot run {Path(gguf).name}: {record['error']}")
-    start_in_thread(srv)
+    srv.start()
     try:
         with _Browser(chromium) as b, PeakRSS(b.pid, interval=0.1, pss=True) as mem:
             b.page.goto(srv.url + "runtime/manifest.json")
@@ -178,7 +178,6 @@ def realm_browser(gguf: str, prompt: list[int], n_gen: int, *, chromium: str = "
             r = b.evaluate("realm_web", _REALM_JS, [record["id"], list(prompt), n_gen, n_ctx])
     finally:
         srv.shutdown()
-        srv.server_close()
     if r["n_prompt"] != len(prompt) or r["n_gen"] != n_gen:
         raise Unavailable(f"realm_web measured {r['n_prompt']}+{r['n_gen']} tokens, not {len(prompt)}+{n_gen}")
     r["decode_s"] = n_gen / r["decode_tok_s"]
@@ -211,18 +210,10 @@ def _install_wllama() -> str:
 
 def _wllama_server(gguf: str):
     """A server on 127.0.0.1 for the harness (benchmarks/web/, cross-origin isolated) and /models/NAME (Range)."""
-    from realm_web.serve import Handler, RealmServer, start_in_thread
-
-    class IsolatedHandler(Handler):
-        def end_headers(self) -> None:
-            for k, v in ISOLATION.items():
-                self.send_header(k, v)
-            super().end_headers()
+    from realm_web.server import file_server
 
     path = Path(gguf).resolve()
-    srv = RealmServer(("127.0.0.1", 0), IsolatedHandler, mounts={"/": WEB.resolve()}, models={path.name: path},
-                      registry=[], quiet=True)  # fmt: skip
-    start_in_thread(srv)
+    srv = file_server({"/": WEB}, {path.name: path}, headers=ISOLATION).start()
     return srv, f"{srv.url}models/{path.name}"
 
 
@@ -251,7 +242,6 @@ def wllama(gguf: str, prompt: list[int], n_gen: int, *, chromium: str = "/usr/bi
             r = b.evaluate("wllama", _WLLAMA_JS, args)
     finally:
         srv.shutdown()
-        srv.server_close()
     if len(r["ids"]) != n_gen + 1:
         raise Unavailable(f"wllama produced {len(r['ids'])} tokens, not {n_gen + 1}")
     threads = r["threads"] if r["multithread"] else 1

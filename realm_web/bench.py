@@ -230,3 +230,47 @@ def bench_prefix_cache(model, n_prompt: int = 256) -> dict:
         out[f"cached_tokens_{key}"] = g.usage["cached_prompt_tokens"]
         g.close()
     return out
+
+
+def speculative_prompts(model, n: int = 8) -> list[list[int]]:
+    """Prompts for `bench_speculative`: chat questions when the model has a chat template in its file (the
+    bundled model answers them), else completion openings."""
+    countries = ["France", "Germany", "Italy", "Spain", "Japan", "Egypt", "Peru", "Canada", "Kenya", "Chile"]
+    if model.gguf.metadata.get("tokenizer.chat_template"):
+        return [model.chat_ids([{"role": "user", "content": f"What is the capital of {c}?"}]) for c in countries[:n]]
+    return [model.tokenize(f"The capital of {c} is") for c in countries[:n]]
+
+
+def bench_speculative(model, prompts: list[list[int]] | None = None, n_gen: int = 64, temperature: float = 0.0,
+                      seed: int = 0, ignore_eos: bool = False) -> dict:  # fmt: skip
+    """Decode tokens/s of a speculative model with its drafts and without (the same loaded weights: requests
+    opt out with speculative=False), one request at a time, each reply up to `n_gen` tokens (to its end unless
+    `ignore_eos`); the acceptance rate (accepted ÷ drafted tokens) and the mean accepted length (accepted tokens
+    per step that verified a draft). Decode is timed from each request's first token to its last."""
+    if model.speculative is None:
+        raise ValueError("bench_speculative needs a model loaded with draft_model= or speculative='ngram'")
+    prompts = prompts or speculative_prompts(model)
+    opts = {"temperature": temperature, "ignore_eos": ignore_eos, "seed": seed}
+    list(model.generate(prompts[0], max_tokens=4, **opts).ids())  # warm-up: pipelines, recorded steps
+    list(model.generate(prompts[0], max_tokens=4, speculative=False, **opts).ids())
+    out: dict = {"adapter": model.device.info.name, "mode": model.speculative.mode, "temperature": temperature,
+                 "n_prompts": len(prompts), "n_gen": n_gen, "draft_max": model.speculative.draft_max}  # fmt: skip
+    for name, spec in (("plain", False), ("speculative", True)):
+        tokens = secs = drafted = accepted = rounds = 0
+        for i, ids in enumerate(prompts):
+            g = model.generate(ids, max_tokens=n_gen + 1, speculative=spec, cache_salt=f"spec-{name}-{i}", **opts)
+            it = g.ids()
+            next(it)
+            t0 = time.perf_counter()
+            tokens += sum(1 for _ in it)
+            secs += time.perf_counter() - t0
+            drafted += g.usage["draft_tokens"]
+            accepted += g.usage["accepted_draft_tokens"]
+            rounds += g.usage["draft_rounds"]
+        out[f"{name}_decode_tok_s"] = tokens / secs
+        if spec:
+            out["drafted"], out["accepted"], out["rounds"] = drafted, accepted, rounds
+            out["acceptance_rate"] = accepted / drafted if drafted else 0.0
+            out["mean_accepted"] = accepted / rounds if rounds else 0.0
+    out["speedup"] = out["speculative_decode_tok_s"] / out["plain_decode_tok_s"]
+    return out

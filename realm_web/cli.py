@@ -13,6 +13,7 @@ from pathlib import Path
 from realm_web.errors import RealmError
 
 BUNDLED = "realm-tiny-facts.gguf"
+BUNDLED_DRAFT = "realm-tiny-facts-draft.gguf"
 # What the native path imports beyond the pure-Python core (pyproject's dependencies outside Pyodide).
 _NATIVE_DEPS = {
     "wgpu": "wgpu>=0.32,<0.33",
@@ -35,6 +36,11 @@ def _version() -> str:
 def bundled_model() -> str:
     """Path of the small model shipped inside the package."""
     return str(resources.files("realm_web") / "models" / BUNDLED)
+
+
+def bundled_draft() -> str:
+    """Path of the bundled model's draft model (speculative decoding: same vocabulary, much smaller)."""
+    return str(resources.files("realm_web") / "models" / BUNDLED_DRAFT)
 
 
 class ProgressBar:
@@ -63,7 +69,35 @@ def _load(args: argparse.Namespace):
         opts["n_parallel"] = max(args.streams)
     if getattr(args, "chat_template", None):
         opts["chat_template"] = args.chat_template
+    opts.update(_spec_options(args))
     return realm_web.load(path, progress=ProgressBar(f"loading {os.path.basename(path)}"), **opts)
+
+
+def _spec_options(args: argparse.Namespace) -> dict:
+    """realm_web.load's speculative-decoding options from --draft / --lookup and their settings."""
+    draft, lookup = getattr(args, "draft", None), getattr(args, "lookup", False)
+    if not draft and not lookup:
+        return {}
+    if draft and lookup:
+        raise RealmError("give --draft or --lookup, not both")
+    opts = {"draft_max": args.draft_max, "draft_min": args.draft_min, "draft_p_min": args.draft_p_min}
+    if draft:
+        opts["draft_model"] = draft
+    else:
+        opts.update(speculative="ngram", ngram_n=args.lookup_ngram)
+    return opts
+
+
+def _spec_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speculative decoding (output exactly as without)")
+    g.add_argument("--draft", "-md", "--model-draft", dest="draft", metavar="DRAFT.gguf",
+                   help="draft model with the target's vocabulary (llama.cpp's -md)")  # fmt: skip
+    g.add_argument("--lookup", action="store_true", help="draft from the sequence itself (prompt lookup, n-grams)")
+    g.add_argument("--draft-max", type=int, default=16, help="most draft tokens per step (default 16)")
+    g.add_argument("--draft-min", type=int, default=0, help="fewest draft tokens worth verifying (default 0)")
+    g.add_argument("--draft-p-min", type=float, default=0.8,
+                   help="stop drafting below this top probability (default 0.8)")  # fmt: skip
+    g.add_argument("--lookup-ngram", type=int, default=3, help="--lookup: n-gram size matched (default 3)")
 
 
 def _sampling(args: argparse.Namespace) -> dict:
@@ -138,6 +172,21 @@ def _bench(args: argparse.Namespace) -> int:
         r = profile_decode(_load(args), n_steps=args.steps, n_prompt=args.prompt_tokens)
         print(json.dumps(r, indent=2) if args.json else format_profile(r))
         return 0
+    if getattr(args, "draft", None) or args.lookup:
+        from realm_web.bench import bench_speculative
+
+        model = _load(args)
+        rows = [bench_speculative(model, n_gen=args.gen_tokens, temperature=t) for t in (0.0, 0.8)]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            what = f"draft {os.path.basename(args.draft)}" if args.draft else f"lookup (n-gram {args.lookup_ngram})"
+            print(f"speculative decoding with {what}, draft_max {args.draft_max}, on {model.device.info.name}")
+            for r in rows:
+                print(f"temperature {r['temperature']:.1f}: decode {r['plain_decode_tok_s']:.1f} -> "
+                      f"{r['speculative_decode_tok_s']:.1f} tok/s ({r['speedup']:.2f}x), acceptance "
+                      f"{r['acceptance_rate']:.0%}, mean accepted {r['mean_accepted']:.2f} per step")  # fmt: skip
+        return 0
     if args.streams:
         from realm_web.bench import bench_batched
 
@@ -204,6 +253,7 @@ def _serve(args: argparse.Namespace) -> int:
         options["n_ctx"] = args.ctx
     if args.kv_cache_tokens:
         options["kv_cache_tokens"] = args.kv_cache_tokens
+    options.update(_spec_options(args))
     return serve(args.host, args.port, args.model or [], open_browser=args.open, **options)
 
 
@@ -234,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("-c", "--ctx", "--ctx-size", dest="ctx", type=int,
                    help="context length (default: the model's, at most 4096)")  # fmt: skip
     _sampling_flags(r)
+    _spec_flags(r)
     r.set_defaults(func=_run)
 
     b = sub.add_parser("bench", help="model speed (load, prefill, decode), --kernels or --profile")
@@ -249,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--streams", type=lambda v: [int(x) for x in v.split(",")], metavar="N,N,...",
                    help="aggregate decode tok/s of N concurrent streams (batched), e.g. 1,2,4,8")  # fmt: skip
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    _spec_flags(b)  # with --draft or --lookup: decode with and without drafts, acceptance
     b.set_defaults(func=_bench)
 
     m = sub.add_parser("models", help="list GGUF files under folders")
@@ -274,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="allow cross-origin requests from ORIGIN ('*' for any; repeatable; default: none)")  # fmt: skip
     s.add_argument("--open", action="store_true", help="open the page in the default browser")
+    _spec_flags(s)
     s.set_defaults(func=_serve)
 
     args = ap.parse_args(argv)

@@ -18,9 +18,10 @@ from contextlib import contextmanager
 from realm_web.device import Device
 from realm_web.errors import DeviceLostError, RealmError
 from realm_web.kv_cache import PagedKVCache
-from realm_web.sampling import NO_SAMPLE, Sampler, sample_row
+from realm_web.sampling import NO_SAMPLE, Entry, Sampler
 from realm_web.scheduler import Scheduler
 from realm_web.sequence import Event, Sequence, Status
+from realm_web.speculative import DraftModel, SpecConfig, ngram_draft
 from realm_web.tokenizer import Tokenizer
 from realm_web.transformer import Transformer, bucket
 
@@ -37,10 +38,16 @@ class Engine:
         n_parallel: int,
         prefix_caching: bool = True,
         threaded: bool = True,
+        speculative: SpecConfig | None = None,
+        draft: DraftModel | None = None,
     ):
+        """`speculative`: draft tokens for every sampling sequence, from `draft` (mode "draft") or n-gram lookup."""
         self.dev, self.t, self.kv, self.tokenizer, self.n_ctx = dev, transformer, kv, tokenizer, n_ctx
         self.n_vocab = transformer.cfg.n_vocab
-        self.sampler = Sampler(dev, transformer.logits, self.n_vocab, transformer.max_batch, n_parallel)
+        self.spec, self.draft = speculative, draft
+        qbuf = draft.qbuf if draft is not None else None
+        self.sampler = Sampler(dev, transformer.logits, self.n_vocab, transformer.max_batch, n_parallel, qbuf,
+                               draft.q_vocab if draft is not None else 0)  # fmt: skip
         self.scheduler = Scheduler(kv.manager, n_parallel, transformer.max_batch, prefix_caching)
         self._incoming: deque[Sequence] = deque()
         self._cancels: deque[Sequence] = deque()
@@ -49,6 +56,7 @@ class Engine:
         self._closed = False
         self.dead: BaseException | None = None  # set when the device is lost: every later request fails with it
         self.n_steps = 0
+        self.n_drafted = self.n_accepted = 0  # draft tokens verified and accepted (speculative decoding)
         self._thread = None
         if threaded:
             self._thread = threading.Thread(target=self._loop, name="realm-web-engine", daemon=True)
@@ -105,6 +113,8 @@ class Engine:
     def step(self) -> bool:
         """Run one step if there is work; False when idle. Call from the driver only."""
         self._drain()
+        if self.spec is not None:
+            self._propose()
         sched, changed, admitted = self.scheduler.schedule()
         if not sched:
             if self.scheduler.has_work():  # cannot happen while check() holds: never spin silently
@@ -115,46 +125,108 @@ class Engine:
         for seq in admitted:
             if seq.sampling is not None:  # a resumed sequence continues its RNG stream and penalty window
                 self.sampler.reset_slot(seq.slot, seq.sampling, seq.token_ids, seq.n_generated)
-        ids, pos, slots, out_rows, rows, outs = [], [], [], [], [], []
+        ids, pos, slots, out_rows, entries, outs, dtok = [], [], [], [], [], [], []
         for seq, n in sched:
             start, r0 = seq.n_computed, len(ids)
-            ids += seq.token_ids[start : start + n]
+            k = len(seq.draft) if seq.n_pending == 1 else 0
+            ids += seq.token_ids[start : start + n - k] + seq.draft[:k]
             pos += range(start, start + n)
             slots += [seq.slot] * n
             if seq.scoring:
-                outs.append((seq, len(out_rows), n))
+                outs.append((seq, len(out_rows), n, -1))
                 out_rows += range(r0, r0 + n)
-                rows += [sample_row(NO_SAMPLE, None)] * n
-            elif start + n == len(seq.token_ids):
-                outs.append((seq, len(out_rows), 1))
-                out_rows.append(r0 + n - 1)
-                rows.append(sample_row(seq.slot, seq.sampling))
-        sampling = any(not s.scoring for s, _, _ in outs)
+                dtok += [0] * n
+            elif start + n - k == len(seq.token_ids):
+                # the last token (and its k draft tokens): k + 1 rows, sampled (and verified) by one entry
+                q_row = self.draft.q_row(seq) if k and seq.draft_q and self.draft is not None else None
+                outs.append((seq, len(out_rows), k + 1, len(entries)))
+                entries.append(Entry(seq.slot, seq.sampling, row=len(out_rows), n_draft=k, q_row=q_row))
+                out_rows += range(r0 + n - k - 1, r0 + n)
+                dtok += seq.draft[:k] + [0]
         extra = []
-        if sampling:
-            n_out_b = bucket(len(out_rows))
-            self.sampler.set_rows(rows + [sample_row(NO_SAMPLE, None)] * (n_out_b - len(rows)))
-            extra = [self.sampler.dispatch(n_out_b)]
+        if entries:
+            n_e = bucket(len(entries))
+            self.sampler.set_rows(entries + [Entry(NO_SAMPLE, None)] * (n_e - len(entries)))
+            if any(e.n_draft for e in entries):
+                self.sampler.set_drafts(dtok)
+            extra = [self.sampler.dispatch(n_e)]
         self.t.run(ids, pos, slots, out_rows, extra)
-        sampled = self.sampler.read(len(out_rows)) if sampling else []
-        logits = self.t.read_logits(len(out_rows)) if any(s.scoring or s.logprobs for s, _, _ in outs) else b""
+        sampled = self.sampler.read_entries(len(entries)) if entries else []
+        want_logits = any(s.scoring or s.logprobs for s, _, _, _ in outs)
+        logits = self.t.read_logits(len(out_rows)) if want_logits else b""
         self.n_steps += 1
+        blocks = self.scheduler.blocks
         for seq, n in sched:
+            if seq.n_pending == 1 and seq.draft:  # verified below: only accepted tokens count as computed
+                continue
             seq.n_computed += n
-            self.scheduler.blocks.commit(seq.table, seq.token_ids, seq.n_computed, seq.cache_salt)
+            blocks.commit(seq.table, seq.token_ids, seq.n_computed, seq.cache_salt)
         now = time.perf_counter()
         row_bytes = 4 * self.n_vocab
-        for seq, row, n in outs:
+        for seq, row, n, e in outs:
             if seq.scoring:
                 seq.logits.append(logits[row * row_bytes : (row + n) * row_bytes])
                 if seq.n_pending == 0:
                     self._finish(seq, "length")
-            else:
-                if seq.t_first is None:
-                    seq.t_first = now
-                row_logits = logits[row * row_bytes : (row + 1) * row_bytes] if seq.logprobs else None
-                self._append(seq, sampled[row], row_logits)
+                continue
+            if seq.t_first is None:
+                seq.t_first = now
+            got = sampled[e]
+            draft, seq.draft = seq.draft, []
+            if draft:
+                seq.n_drafted += len(draft)
+                seq.n_accepted += got.accepted
+                seq.n_rounds += 1
+                self.n_drafted += len(draft)
+                self.n_accepted += got.accepted
+                seq.n_computed += 1 + got.accepted  # the last token and the accepted draft tokens
+            # the draft model's KV holds what it was fed: valid up to the last accepted token
+            seq.draft_done = min(seq.draft_done, len(seq.token_ids) + (got.accepted if draft else 0))
+            new = draft[: got.accepted] + [got.token]
+            for i, tok in enumerate(new):
+                if seq.status is Status.FINISHED:
+                    break
+                r = row + i
+                self._append(seq, tok, logits[r * row_bytes : (r + 1) * row_bytes] if seq.logprobs else None)
+            if draft and seq.status is not Status.FINISHED:
+                blocks.commit(seq.table, seq.token_ids, seq.n_computed, seq.cache_salt)
+                blocks.trim(seq.table, len(seq.token_ids))  # the blocks of rejected positions go back
         return True
+
+    def _propose(self) -> None:
+        """Draft tokens for every decoding sequence that samples, within its limits, the step's token budget and
+        the blocks the pool can give without preempting anyone."""
+        spec, blocks = self.spec, self.scheduler.blocks
+        cands = [s for s in self.scheduler.running
+                 if s.n_pending == 1 and not s.scoring and s.n_generated > 0 and s.speculate]  # fmt: skip
+        if not cands:
+            return
+        per_seq = max(0, self.t.max_batch // 2 // len(cands) - 1)  # half the step's budget, the rest for prompts
+        items = []
+        for seq in cands:
+            k = min(spec.draft_max, per_seq, seq.max_tokens - seq.n_generated - 1,
+                    self.n_ctx - len(seq.token_ids) - 1)  # fmt: skip
+            if k < max(1, spec.draft_min):
+                continue
+            need = seq.n_computed + 1 + k
+            if not blocks.can_grow(seq.table, need):
+                k = len(seq.table.blocks) * blocks.block_size - seq.n_computed - 1  # what its blocks hold already
+                if k < max(1, spec.draft_min):
+                    continue
+                need = seq.n_computed + 1 + k
+            if blocks.grow(seq.table, need):
+                self.kv.write_row(seq.slot, seq.table.blocks)
+            items.append((seq, k))
+        if spec.mode == "ngram":
+            for seq, k in items:
+                seq.draft, seq.draft_q = ngram_draft(seq.token_ids, spec.ngram_n, k), False
+                if len(seq.draft) < spec.draft_min:
+                    seq.draft = []
+        elif items and self.draft is not None:
+            self.draft.propose(items)
+        for seq, _ in items:  # nothing drafted: its extra blocks go back
+            if not seq.draft:
+                blocks.trim(seq.table, len(seq.token_ids))
 
     def _append(self, seq: Sequence, tok: int, logits: bytes | None = None) -> None:
         if not seq.ignore_eos and self.tokenizer.is_eog(tok):
@@ -252,4 +324,6 @@ class Engine:
             "prefix_cache_query_tokens": b.queries,
             "preemptions": self.scheduler.n_preemptions,
             "steps": self.n_steps,
+            "draft_tokens": self.n_drafted,
+            "accepted_draft_tokens": self.n_accepted,
         }

@@ -142,6 +142,19 @@ class BlockManager:
             table.n_hashed += 1
             table.last_hash = key
 
+    def trim(self, table: BlockTable, n_tokens: int) -> None:
+        """Give back the blocks past the first `n_tokens` positions (those of rejected draft tokens). Never
+        hashed blocks: only blocks of verified tokens are committed."""
+        keep = max(self.blocks_for(n_tokens), table.n_hashed)
+        while len(table.blocks) > keep:
+            b = table.blocks.pop()
+            blk = self.blocks[b]
+            blk.ref_count -= 1
+            if blk.ref_count == 0:
+                self.free[b] = None
+                if blk.hash is None:
+                    self.free.move_to_end(b, last=False)
+
     def free_table(self, table: BlockTable) -> None:
         """Release a sequence's blocks. The tail goes to the LRU first, so a prefix outlives its tail; blocks
         without a key are reused before any cached one."""
@@ -160,9 +173,11 @@ class PagedKVCache:
     """The pool on the GPU (per layer K and V) and the block table, with the BlockManager that assigns it."""
 
     def __init__(self, dev: Device, n_layer: int, kv_dim: int, n_blocks: int, block_size: int, n_slots: int,
-                 max_blocks: int):  # fmt: skip
+                 max_blocks: int, beside: PagedKVCache | None = None):  # fmt: skip
+        """`beside`: share that cache's block manager and block table (a draft model's KV: its pools mirror the
+        target's blocks, so one allocation serves both)."""
         self.dev, self.block_size, self.n_slots, self.max_blocks = dev, block_size, n_slots, max_blocks
-        self.manager = BlockManager(n_blocks, block_size)
+        self.manager = beside.manager if beside is not None else BlockManager(n_blocks, block_size)
         pool = 4 * n_blocks * block_size * kv_dim
         if pool > min(dev.info.max_storage_binding, dev.info.max_buffer):
             raise RealmError(
@@ -171,7 +186,10 @@ class PagedKVCache:
             )
         self.k = [dev.create_buffer(pool, f"blk.{i}.k_pool") for i in range(n_layer)]
         self.v = [dev.create_buffer(pool, f"blk.{i}.v_pool") for i in range(n_layer)]
-        self.table: Buffer = dev.create_buffer(4 * n_slots * max_blocks, "block_table")
+        if beside is not None:
+            self.table: Buffer = beside.table
+        else:
+            self.table = dev.create_buffer(4 * n_slots * max_blocks, "block_table")
         self.bytes = 2 * n_layer * pool  # GPU memory of the pool (K and V, every layer)
 
     def write_row(self, slot: int, blocks: list[int]) -> None:

@@ -24,6 +24,7 @@ from realm_web.kv_cache import PagedKVCache
 from realm_web.sampling import SamplingParams
 from realm_web.sequence import Event
 from realm_web.sequence import Sequence as _Seq
+from realm_web.speculative import DraftError, DraftModel, SpecConfig, check_compatible
 from realm_web.tokenizer import Tokenizer
 from realm_web.transformer import Transformer
 from realm_web.weights import DEFAULT_CHUNK, Progress, upload_gguf
@@ -47,6 +48,19 @@ def _f32_vector(gf: GGUFFile, name: str) -> bytes:
     raise RealmError(f"tensor {name!r}: 1-D tensors of type {info.type.name} are not supported")
 
 
+def _upload(dev: Device, gf: GGUFFile, **options: Any) -> tuple[dict, dict[str, Buffer]]:
+    """A model's tensors on the GPU: matrices streamed in chunks (split to fit bindings), 1-D tensors as f32."""
+    mats = [t.name for t in gf.tensors if len(t.shape) >= 2]
+    weights = upload_gguf(dev, gf, mats, **options)
+    vectors: dict[str, Buffer] = {}
+    for t in gf.tensors:
+        if len(t.shape) == 1:
+            data = _f32_vector(gf, t.name)
+            vectors[t.name] = buf = dev.create_buffer(len(data), t.name)
+            dev.write(buf, data)
+    return weights, vectors
+
+
 class Model:
     def __init__(
         self,
@@ -64,8 +78,18 @@ class Model:
         chunk_bytes: int = DEFAULT_CHUNK,
         progress: Progress | None = None,
         owns_device: bool = False,
+        draft_model: str | GGUFFile | None = None,
+        speculative: str | None = None,
+        draft_max: int = 16,
+        draft_min: int = 0,
+        draft_p_min: float = 0.8,
+        ngram_n: int = 3,
+        draft_greedy: bool = False,
     ):
-        """`owns_device`: close() also closes a `device` passed in (one opened for this model alone)."""
+        """`owns_device`: close() also closes a `device` passed in (one opened for this model alone).
+        Speculative decoding: `draft_model` (a path, URL or opened GGUF with this model's vocabulary) or
+        `speculative="ngram"` (prompt lookup), with llama.cpp's `draft_max`, `draft_min`, `draft_p_min`; `ngram_n`
+        (the lookup's n-gram); `draft_greedy` drafts greedily even for sampling requests (llama.cpp's way)."""
         if n_parallel < 1 or block_size < 1 or max_batch < 1:
             raise RealmError(
                 f"n_parallel, block_size and max_batch must be >= 1: {n_parallel}, {block_size}, {max_batch}"
@@ -77,18 +101,31 @@ class Model:
         self.device = dev = device or get_device()
         self.n_ctx = min(n_ctx or min(cfg.n_ctx_train, 4096), cfg.n_ctx_train)
         self.n_parallel = n_parallel
-        mats = [t.name for t in gf.tensors if len(t.shape) >= 2]
-        weights = upload_gguf(dev, gf, mats, chunk_bytes=chunk_bytes, max_binding=max_binding, progress=progress)
-        vectors: dict[str, Buffer] = {}
-        for t in gf.tensors:
-            if len(t.shape) == 1:
-                data = _f32_vector(gf, t.name)
-                vectors[t.name] = buf = dev.create_buffer(len(data), t.name)
-                dev.write(buf, data)
+        spec = None
+        if draft_model is not None or speculative is not None:
+            mode = speculative or "draft"
+            if (mode == "draft") != (draft_model is not None):
+                raise DraftError("speculative='draft' needs draft_model=, and a draft_model means speculative='draft'")
+            spec = SpecConfig(mode, draft_max, draft_min, draft_p_min, ngram_n, draft_greedy)
+        draft_gf = None
+        if draft_model is not None:  # checked before anything is uploaded
+            draft_gf = draft_model if isinstance(draft_model, GGUFFile) else open_gguf(draft_model)
+            self.draft_config = Config.from_gguf(draft_gf)
+            check_compatible(self.tokenizer, Tokenizer.from_gguf(draft_gf), cfg.n_vocab, self.draft_config.n_vocab)
+        upload = {"chunk_bytes": chunk_bytes, "max_binding": max_binding, "progress": progress}
+        weights, vectors = _upload(dev, gf, **upload)
         self.kv = self._kv_cache(kv_cache_tokens, block_size)
-        self.transformer = Transformer(dev, cfg, weights, vectors, self.kv, max_batch=max(max_batch, n_parallel))
+        batch = max(max_batch, n_parallel)
+        self.transformer = Transformer(dev, cfg, weights, vectors, self.kv, max_batch=batch)
+        self.draft = None
+        if draft_gf is not None:
+            d_weights, d_vectors = _upload(dev, draft_gf, **upload)
+            self.draft = DraftModel(dev, self.draft_config, d_weights, d_vectors, self.kv, n_parallel, batch, spec,
+                                    cfg.n_vocab, self.tokenizer.is_eog)  # fmt: skip
+        self.speculative = spec
         self.engine = Engine(dev, self.transformer, self.kv, self.tokenizer, n_ctx=self.n_ctx, n_parallel=n_parallel,
-                             prefix_caching=prefix_caching, threaded=sys.platform != "emscripten")  # fmt: skip
+                             prefix_caching=prefix_caching, threaded=sys.platform != "emscripten", speculative=spec,
+                             draft=self.draft)  # fmt: skip
         self.chat_template = self._chat_template(chat_template)
         self.last_usage: dict[str, Any] = {}
 
@@ -160,6 +197,7 @@ class Model:
         add_special: bool = True,
         parse_special: bool = False,
         logprobs: bool = False,
+        speculative: bool = True,
     ) -> Request:
         """A checked request (what generate, agenerate and generate_batch submit): bad input fails here."""
         sp = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
@@ -167,12 +205,13 @@ class Model:
         ids = self._check_prompt(ids, max_tokens)
         if isinstance(stop, str):
             stop = [stop]
-        return Request(ids, sp, int(max_tokens), [str(s) for s in stop], cache_salt, ignore_eos, logprobs)
+        return Request(ids, sp, int(max_tokens), [str(s) for s in stop], cache_salt, ignore_eos, logprobs, speculative)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **options: Any) -> Generation:
         """Stream the continuation of `prompt` (text, or token ids) piece by piece as tokens are produced.
         Calls from several threads at once are decoded together. Options: temperature, top_k, top_p, min_p,
-        repeat_penalty, repeat_last_n, seed, stop, cache_salt, ignore_eos, add_special, parse_special. The
+        repeat_penalty, repeat_last_n, seed, stop, cache_salt, ignore_eos, add_special, parse_special, logprobs,
+        speculative (False: no draft tokens for this request on a speculative model). The
         returned stream's `usage` (also `model.last_usage`) fills in as it runs."""
         g = Generation(self, self.request(prompt, max_tokens, **options))
         self.last_usage = g.usage
@@ -257,6 +296,7 @@ class Request:
     cache_salt: str | None = None
     ignore_eos: bool = False
     logprobs: bool = False  # each event carries the logits row its token was sampled from
+    speculative: bool = True  # draft tokens for it when the model decodes speculatively
 
 
 class _Stream:
@@ -265,7 +305,7 @@ class _Stream:
     def __init__(self, model: Model, req: Request, emit: Callable[[Event], None], text: bool = True):
         self.model, self.usage, self._n = model, {}, 0
         self.seq = _Seq(req.ids, req.sampling, req.max_tokens, emit, req.stop, req.cache_salt, req.ignore_eos,
-                        req.logprobs)  # fmt: skip
+                        req.logprobs, req.speculative)  # fmt: skip
         if text and req.sampling is not None:
             self.seq.text = TextStream(model.tokenizer, req.stop)
         self._update(None)
@@ -465,7 +505,9 @@ def load(path_or_url: str, *, progress: Callable[[int, int], None] | None = None
     """Load a GGUF model from a path or http(s) URL onto the GPU. Options: device, n_ctx, n_parallel (the most
     sequences decoded together, default 4), kv_cache_tokens (the paged KV pool's size in tokens), block_size
     (tokens per KV block, 16), max_batch (tokens per step: the chunk a prompt is prefilled in), prefix_caching
-    (True), chat_template (a built-in name or Jinja source), max_binding (force weight splitting), chunk_bytes."""
+    (True), chat_template (a built-in name or Jinja source), max_binding (force weight splitting), chunk_bytes;
+    speculative decoding: draft_model (path or URL), or speculative="ngram", with draft_max (16), draft_min (0),
+    draft_p_min (0.8), ngram_n (3), draft_greedy (False)."""
     return Model(open_gguf(path_or_url), progress=progress, **options)
 
 

@@ -56,9 +56,11 @@ def estimate_gpu_memory(gf: GGUFFile, cfg: Config, n_ctx: int) -> int:
     return weights + kv + acts
 
 
-def record_for(path: str | os.PathLike[str], *, id: str | None = None, url: str | None = None) -> dict[str, Any]:
+def record_for(path: str | os.PathLike[str], *, id: str | None = None, url: str | None = None,
+               draft_for: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The registry record of a local GGUF file. `id` defaults to the file's stem, `url` to its name (resolved
-    by the SDK against its model base URL). Raises GGUFError for a file realm_web cannot run."""
+    by the SDK against its model base URL); `draft_for`: the ids of the models it is a draft for. Raises
+    GGUFError for a file realm_web cannot run."""
     name = os.path.basename(os.fspath(path))
     with open_gguf(path) as gf:
         cfg = Config.from_gguf(gf)
@@ -73,19 +75,26 @@ def record_for(path: str | os.PathLike[str], *, id: str | None = None, url: str 
             "estimated_gpu_memory": estimate_gpu_memory(gf, cfg, cfg.n_ctx_train),
             "required_features": [],  # every kernel has a fallback without optional WebGPU features today
         }
+        if draft_for:
+            record["draft_for"] = list(draft_for)
     return record
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m realm_web.registry [FILE.gguf ...]`: the records (default: the bundled model's) as a JSON list,
-    as js/src/builtin-models.json holds them."""
+    """`python -m realm_web.registry [FILE.gguf ...]`: the records (default: the bundled model's and its draft's)
+    as a JSON list, as js/src/builtin-models.json holds them."""
     import json
     import sys
 
-    from realm_web.cli import bundled_model
+    from realm_web.cli import bundled_draft, bundled_model
 
-    paths = (sys.argv[1:] if argv is None else argv) or [bundled_model()]
-    print(json.dumps([record_for(p) for p in paths], indent=2))
+    paths = sys.argv[1:] if argv is None else argv
+    if paths:
+        records = [record_for(p) for p in paths]
+    else:  # the built-in registry: the bundled model and its draft
+        target = record_for(bundled_model())
+        records = [target, record_for(bundled_draft(), draft_for=[target["id"]])]
+    print(json.dumps(records, indent=2))
     return 0
 
 

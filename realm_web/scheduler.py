@@ -37,16 +37,18 @@ class Scheduler:
         for seq in [s for s in self.running if s.n_pending == 1]:  # decodes, oldest first
             if seq.status is not Status.RUNNING or budget == 0:
                 continue
-            while not self.blocks.can_grow(seq.table, seq.n_computed + 1):
+            del seq.draft[budget - 1 :]  # speculative decoding: the last token and its draft tokens
+            n = 1 + len(seq.draft)
+            while not self.blocks.can_grow(seq.table, seq.n_computed + n):
                 victim = self.running[-1]
                 self.preempt(victim)
                 if victim is seq:
                     break
             else:
-                if self.blocks.grow(seq.table, seq.n_computed + 1):
+                if self.blocks.grow(seq.table, seq.n_computed + n):
                     changed.append(seq)
-                out.append((seq, 1))
-                budget -= 1
+                out.append((seq, n))
+                budget -= n
         for seq in [s for s in self.running if s.n_pending > 1]:  # admitted prompts, their blocks allocated
             if budget == 0:
                 break
@@ -62,7 +64,7 @@ class Scheduler:
             seq.table, cached = self.blocks.allocate(seq.token_ids, seq.cache_salt, use_cache)
             if seq.n_preempted == 0:
                 seq.n_cached = cached
-            seq.n_computed = cached
+            seq.n_computed = seq.draft_done = cached  # a draft model's KV mirrors the target's blocks
             seq.slot = self.free_slots.pop()
             seq.status = Status.RUNNING
             self.running.append(seq)
@@ -77,7 +79,8 @@ class Scheduler:
         """Free `seq`'s blocks and slot; it waits at the front of the queue and is recomputed when admitted."""
         self._release(seq)
         seq.status = Status.WAITING
-        seq.n_computed = 0
+        seq.n_computed = seq.draft_done = 0
+        seq.draft.clear()
         seq.n_preempted += 1
         self.n_preemptions += 1
         self.waiting.appendleft(seq)

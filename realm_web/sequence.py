@@ -35,6 +35,7 @@ class Sequence:
     cache_salt: str | None = None
     ignore_eos: bool = False
     logprobs: bool = False  # hand each sampled token's logits row to the consumer (Event.logits)
+    speculate: bool = True  # draft tokens for it when the model decodes speculatively
     id: int = field(default_factory=lambda: next(_ids))
     token_ids: list[int] = field(init=False)
     status: Status = Status.WAITING
@@ -49,6 +50,14 @@ class Sequence:
     t_submit: float = field(default_factory=time.perf_counter)
     t_first: float | None = None
     text: Any = None  # the TextStream that turns its ids into text (set by the engine)
+    # speculative decoding: this step's draft tokens (verified by the target in the step), whether they came with
+    # q distributions (a sampling draft model) or are deterministic, and the draft model's KV (positions < this)
+    draft: list[int] = field(default_factory=list)
+    draft_q: bool = False
+    draft_done: int = 0
+    n_drafted: int = 0  # draft tokens the target verified, over the sequence's life
+    n_accepted: int = 0  # and accepted
+    n_rounds: int = 0  # steps that verified draft tokens
     logits: list[bytes] = field(default_factory=list)  # scoring requests: f32 rows, step by step
 
     def __post_init__(self) -> None:
@@ -81,6 +90,9 @@ class Sequence:
             "finish_reason": self.finish_reason,
             "time_to_first_token_ms": None if ttft is None else ttft * 1e3,
             "preempted": self.n_preempted,
+            "draft_tokens": self.n_drafted,
+            "accepted_draft_tokens": self.n_accepted,
+            "draft_rounds": self.n_rounds,
         }
 
 

@@ -39,6 +39,17 @@ def bucket(n: int) -> int:
     return b
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """The buffers a step reads its tokens from: ids, (position, slot) pairs, output rows. Lane 0 is the
+    transformer's own; more lanes let several steps go in one submission (a draft model's chained steps, whose
+    ids are the previous step's sampled tokens on the GPU)."""
+
+    ids: Buffer
+    tok: Buffer
+    out_rows: Buffer
+
+
 @dataclass
 class Step:
     """A recorded step: its dispatches and the shape they were built for."""
@@ -82,14 +93,23 @@ class Transformer:
         self.logits = buf(4 * b * c.n_vocab, "logits")  # [n_out, n_vocab]
         # xn seen as an f32 table, so get_rows gathers the output rows
         self._xn_rows = Weight("xn", BY_NAME["F32"], (c.n_embd, b), [WeightPart(self.xn, 0, b)])
-        self._steps: dict[tuple[int, int], Step] = {}
+        self._steps: dict[tuple[int, int, int], Step] = {}
+        self.lanes = [Inputs(self.ids, self.tok, self.out_rows)]
+
+    def add_lane(self, ids: Buffer) -> int:
+        """A lane whose token ids are read from `ids` (positions and output rows its own); returns its index."""
+        b = bucket(self.max_batch)
+        j = len(self.lanes)
+        self.lanes.append(Inputs(ids, self.dev.create_buffer(8 * b, f"tok.{j}"),
+                                 self.dev.create_buffer(4 * b, f"out_rows.{j}")))  # fmt: skip
+        return j
 
     # -- recording ----------------------------------------------------------------------------------------------
     def _linear(self, name: str, x: Buffer, y: Buffer, n_tok: int) -> list[Dispatch]:
         # one kernel family for every step size, so a token's row never depends on what it is batched with
         return matmul_batch(self.dev, self.w[name], x, y, n_tok)
 
-    def _layer(self, i: int, n: int) -> list[Dispatch]:
+    def _layer(self, i: int, n: int, inp: Inputs) -> list[Dispatch]:
         dev, c, p, kv = self.dev, self.cfg, f"blk.{i}.", self.kv
         ds = [rms_norm(dev, self.x, self.vec[p + "attn_norm.weight"], self.xn, n, c.n_embd, c.rms_eps)]
         qkv = (("attn_q", self.q, c.q_dim), ("attn_k", self.k, c.kv_dim), ("attn_v", self.v, c.kv_dim))
@@ -99,11 +119,11 @@ class Transformer:
             if bias is not None:
                 ds.append(add(dev, out, bias, out, n * width, width=width))
         for t, heads in ((self.q, c.n_head), (self.k, c.n_head_kv)):
-            ds.append(rope(dev, t, self.tok, n, heads, c.head_dim, n_rot=c.n_rot, freq_base=c.rope_base,
+            ds.append(rope(dev, t, inp.tok, n, heads, c.head_dim, n_rot=c.n_rot, freq_base=c.rope_base,
                            freq_scale=c.rope_freq_scale, neox=c.rope_neox))  # fmt: skip
-        ds.append(kv_write(dev, self.k, self.v, self.tok, kv.table, kv.k[i], kv.v[i], n, c.n_head_kv, c.head_dim,
+        ds.append(kv_write(dev, self.k, self.v, inp.tok, kv.table, kv.k[i], kv.v[i], n, c.n_head_kv, c.head_dim,
                            kv.block_size, kv.max_blocks))  # fmt: skip
-        ds.append(flash_attn(dev, self.q, kv.k[i], kv.v[i], self.tok, kv.table, self.attn, n, c.n_head, c.n_head_kv,
+        ds.append(flash_attn(dev, self.q, kv.k[i], kv.v[i], inp.tok, kv.table, self.attn, n, c.n_head, c.n_head_kv,
                              c.head_dim, kv.block_size, kv.max_blocks, 1.0 / math.sqrt(c.head_dim)))  # fmt: skip
         ds += self._linear(p + "attn_output.weight", self.attn, self.o, n)
         ds.append(add(dev, self.x, self.o, self.x, n * c.n_embd))
@@ -115,23 +135,23 @@ class Transformer:
         ds.append(add(dev, self.x, self.o, self.x, n * c.n_embd))
         return ds
 
-    def _record(self, n: int, n_out: int) -> Step:
-        dev, c = self.dev, self.cfg
-        ds = get_rows(dev, self.w["token_embd.weight"], self.ids, self.x, n)
+    def _record(self, n: int, n_out: int, lane: int) -> Step:
+        dev, c, inp = self.dev, self.cfg, self.lanes[lane]
+        ds = get_rows(dev, self.w["token_embd.weight"], inp.ids, self.x, n)
         for i in range(c.n_layer):
-            ds += self._layer(i, n)
+            ds += self._layer(i, n, inp)
         if n_out:  # a step of prompt chunks that sample nothing stops at the last layer
             ds.append(rms_norm(dev, self.x, self.vec["output_norm.weight"], self.xn, n, c.n_embd, c.rms_eps))
-            ds += get_rows(dev, self._xn_rows, self.out_rows, self.xs, n_out)
+            ds += get_rows(dev, self._xn_rows, inp.out_rows, self.xs, n_out)
             head = self.w["token_embd.weight" if c.tied_output else "output.weight"]
             ds += self._linear(head.name, self.xs, self.logits, n_out)
         return Step(n, n_out, ds)
 
-    def step(self, n: int, n_out: int) -> Step:
-        key = (n, n_out)
+    def step(self, n: int, n_out: int, lane: int = 0) -> Step:
+        key = (n, n_out, lane)
         s = self._steps.get(key)
         if s is None:
-            s = self._steps[key] = self._record(n, n_out)
+            s = self._steps[key] = self._record(n, n_out, lane)
         return s
 
     # -- running ------------------------------------------------------------------------------------------------
@@ -140,17 +160,26 @@ class Transformer:
         submission); `out_rows` (≥ 1) are the rows whose logits are wanted, in the order they land in
         `self.logits`. Returns the number of logits rows the step computed (len(out_rows) rounded up to its
         bucket: `extra` dispatches take that many rows)."""
-        n, n_out = len(ids), len(out_rows)
+        dispatches, ob = self.encode(ids, positions, slots, out_rows)
+        self.dev.submit(dispatches + list(extra))
+        return ob
+
+    def encode(self, ids: list[int] | None, positions: list[int], slots: list[int], out_rows: list[int],
+               lane: int = 0) -> tuple[list[Dispatch], int]:  # fmt: skip
+        """Write a step's inputs into lane `lane` and return its dispatches (to submit, maybe with others) and its
+        output-row count. `ids` None: the lane's ids buffer already holds them (written on the GPU)."""
+        n, n_out = len(positions), len(out_rows)
         if not 0 < n <= self.max_batch or not 0 <= n_out <= n:
             raise ValueError(f"a step takes 1..{self.max_batch} tokens and 0..n_tok output rows, got {n}, {n_out}")
+        inp = self.lanes[lane]
         nb, ob = bucket(n), bucket(n_out) if n_out else 0
         meta = [v for pair in zip(positions, slots, strict=True) for v in pair] + [PAD_POS, 0] * (nb - n)
-        self.dev.write(self.ids, struct.pack(f"<{nb}I", *ids, *[0] * (nb - n)))
-        self.dev.write(self.tok, struct.pack(f"<{2 * nb}I", *meta))
+        if ids is not None:
+            self.dev.write(inp.ids, struct.pack(f"<{nb}I", *ids, *[0] * (nb - n)))
+        self.dev.write(inp.tok, struct.pack(f"<{2 * nb}I", *meta))
         if ob:
-            self.dev.write(self.out_rows, struct.pack(f"<{ob}I", *out_rows, *[out_rows[-1]] * (ob - n_out)))
-        self.dev.submit(self.step(nb, ob).dispatches + list(extra))
-        return ob
+            self.dev.write(inp.out_rows, struct.pack(f"<{ob}I", *out_rows, *[out_rows[-1]] * (ob - n_out)))
+        return self.step(nb, ob, lane).dispatches, ob
 
     def read_logits(self, n_rows: int) -> bytes:
         """Raw f32 logits of the last step: the first `n_rows` rows of n_vocab."""

@@ -18,7 +18,7 @@ from typing import Any
 import js
 from pyodide.ffi import run_sync, to_js
 
-from realm_web.bench import bench_batched, bench_model
+from realm_web.bench import bench_batched, bench_model, bench_speculative
 from realm_web.device import get_device
 from realm_web.errors import DeviceLostError, SourceError
 from realm_web.gguf import read_gguf
@@ -151,10 +151,15 @@ class WebModel:
     def apply_chat_template(self, messages: Any) -> str:
         return self.model.chat_template.render(_py(messages), add_generation_prompt=True)
 
-    def bench(self, n_prompt: int = 64, n_gen: int = 64, prompt: Any = None, n_streams: Any = None) -> Any:
+    def bench(self, n_prompt: int = 64, n_gen: int = 64, prompt: Any = None, n_streams: Any = None,
+              speculative: Any = None) -> Any:  # fmt: skip
         """`realm-web bench`'s measurement, in the browser: prefill and decode tokens/s (greedy, EOS ignored).
         `prompt`: a JS array of token ids to prefill exactly (default: bench_model's fixed prompt of `n_prompt`).
-        `n_streams`: instead, the aggregate decode tokens/s of that many concurrent streams (bench_batched)."""
+        `n_streams`: instead, the aggregate decode tokens/s of that many concurrent streams (bench_batched).
+        `speculative` ({temperature}): instead, decode with and without the engine's drafts (bench_speculative)."""
+        spec = _py(speculative)
+        if spec is not None:
+            return _js(bench_speculative(self.model, n_gen=int(n_gen), temperature=float(spec.get("temperature", 0))))
         if _py(n_streams) is not None:
             return _js(bench_batched(self.model, int(n_streams), int(n_prompt), int(n_gen)))
         ids = _py(prompt)
@@ -165,14 +170,19 @@ class WebModel:
         self.model.close()
 
 
-def load(read: Any, size: int, progress: Any = None, options: Any = None) -> WebModel:
+def load(read: Any, size: int, progress: Any = None, options: Any = None, draft_read: Any = None,
+         draft_size: int = 0) -> WebModel:  # fmt: skip
     """Parse the GGUF behind `read`, open the browser's WebGPU device and stream the weights into it.
     `progress(phase, done, total)` reports the upload; options: n_ctx, max_batch, chat_template, n_parallel,
-    kv_cache_tokens, features."""
+    kv_cache_tokens, features, and speculative decoding's speculative ("ngram"), draft_max, draft_min,
+    draft_p_min, ngram_n, draft_greedy. `draft_read` / `draft_size`: a draft model's GGUF, read the same way."""
     given = {k: v for k, v in (_py(options) or {}).items() if v is not None}
-    keys = ("n_ctx", "max_batch", "chat_template", "n_parallel", "kv_cache_tokens")
+    keys = ("n_ctx", "max_batch", "chat_template", "n_parallel", "kv_cache_tokens", "speculative", "draft_max",
+            "draft_min", "draft_p_min", "ngram_n", "draft_greedy")  # fmt: skip
     opts = {k: v for k, v in given.items() if k in keys}
     gf = read_gguf(JSSource(read, size))
+    if _py(draft_read) is not None:
+        opts["draft_model"] = read_gguf(JSSource(draft_read, draft_size, "<draft model>"))
     if "features" in given:  # restrict the optional WebGPU features used (e.g. [] for no subgroups)
         opts.update(device=get_device(features=tuple(given["features"])), owns_device=True)
 

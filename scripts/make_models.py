@@ -3,6 +3,7 @@
 
 Writes
   realm_web/models/realm-tiny-facts.gguf                  the bundled demo model (Llama, SentencePiece, Q8_0)
+  realm_web/models/realm-tiny-facts-draft.gguf   its draft model for speculative decoding (1 layer, same tokenizer)
   tests/fixtures/models/llama-spm-{TYPE}.gguf    one trained SPM Llama in every weight type we support
   tests/fixtures/models/gpt2bpe-tied-{F16,Q8_0}.gguf   Llama arch, byte-level BPE ("gpt-2"), tied embeddings
   tests/fixtures/models/qwen2-{F16,Q8_0}.gguf    Qwen2 arch (qkv biases, NeoX RoPE), BPE ("qwen2"), ChatML
@@ -16,7 +17,8 @@ every 2-D weight gets exactly the requested type) writes the rest.
 
 Needs: pip install -e ".[models]" (torch, transformers, sentencepiece, tokenizers, safetensors) and
 llama-cpp-python built as /work/shared/ENVIRONMENT.md says. Usage:
-  python scripts/make_models.py [--only bundled|fixtures] [--llama-cpp-src DIR] [--workdir DIR]
+  python scripts/make_models.py [--only bundled|draft|fixtures] [--llama-cpp-src DIR] [--workdir DIR]
+(--only draft compares the draft with the bundled model already in realm_web/models/, which it never rewrites.)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "realm_web" / "models" / "realm-tiny-facts.gguf"
+DRAFT = ROOT / "realm_web" / "models" / "realm-tiny-facts-draft.gguf"
 FIXTURES = ROOT / "tests" / "fixtures" / "models"
 
 SEED = 1234
@@ -487,6 +490,14 @@ class Spec:
 
 
 BUNDLED_SPEC = Spec("realm-tiny-facts", "llama", "spm", vocab=1024, ffn=768, steps=600, lr=3e-3)
+# The bundled model's draft: its vocabulary (the same SentencePiece training on the same corpus), 1 layer of
+# hidden 64 (2 query heads / 1 KV head of head_dim 32, every row a multiple of Q8_0's 32-element block).
+DRAFT_SPEC = Spec(
+    "realm-tiny-facts-draft", "llama", "spm", vocab=1024, hidden=64, layers=1, heads=2, kv_heads=1, ffn=256, steps=1000
+)
+# The draft must agree with the bundled model at least this often (greedy, token by token) or the script stops.
+DRAFT_MIN_AGREEMENT = 0.8
+DRAFT_P_MIN = 0.8  # realm_web's default draft_p_min: a draft stops where its top probability falls below it
 SPM_SPEC = Spec("llama-spm", "llama", "spm", vocab=512, ffn=512, steps=200)
 GPT2_SPEC = Spec("gpt2bpe-tied", "llama", "gpt2", vocab=512, layers=1, ffn=512, tied=True, steps=200)
 QWEN2_SPEC = Spec("qwen2", "qwen2", "qwen2", vocab=512, layers=1, ffn=512, rope_theta=1e6, steps=200)
@@ -872,6 +883,133 @@ def make_bundled(src: Path, work: Path, sents, chats) -> dict:
     return info
 
 
+def gguf_param_count(path: Path) -> int:
+    import gguf
+
+    return sum(int(t.n_elements) for t in gguf.GGUFReader(str(path)).tensors)
+
+
+def check_same_tokenizer(a: Path, b: Path) -> int:
+    """Every tokenizer.* metadata field (tokens, scores, types, special ids, add_bos/eos, model, pre, chat template)
+    is equal in both GGUFs, with the same value types; stops the script otherwise. Returns how many were compared."""
+    import gguf
+
+    def fields(path: Path) -> dict:
+        r = gguf.GGUFReader(str(path))
+        return {k: (f.types, f.contents()) for k, f in r.fields.items() if k.startswith("tokenizer.")}
+
+    fa, fb = fields(a), fields(b)
+    diff = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    if diff or not fa:
+        raise SystemExit(
+            f"{b.name}'s tokenizer differs from {a.name}'s in {diff or 'everything (no tokenizer.* keys)'}"
+        )
+    return len(fa)
+
+
+def greedy_agreement(target: Path, draft: Path, conversations, max_tokens: int = 24) -> dict:
+    """How well `draft` drafts for `target` (llama.cpp, greedy): for each conversation (chat template, generation
+    prompt) the target generates up to `max_tokens` tokens (its end-of-generation token included, where it stops);
+    the draft, teacher-forced on the prompt and those tokens, is scored at each generated position: its argmax equal
+    to the target's token (what greedy speculative decoding accepts), and its top probability >= DRAFT_P_MIN."""
+    import llama_cpp
+    import numpy as np
+
+    _quiet_llama_cpp()
+    kw = dict(n_ctx=256, n_threads=2, n_batch=256, verbose=False, logits_all=True)
+    tgt, dft = llama_cpp.Llama(str(target), **kw), llama_cpp.Llama(str(draft), **kw)
+    agree = confident = total = 0
+    per_conv = []
+    for conv in conversations:
+        ids = tgt.tokenize(chatml(conv, add_generation_prompt=True).encode(), add_bos=True, special=True)
+        assert ids == dft.tokenize(chatml(conv, add_generation_prompt=True).encode(), add_bos=True, special=True)
+        tgt.reset()
+        tgt.eval(ids)
+        gen: list[int] = []
+        for _ in range(max_tokens):
+            nxt = int(tgt.scores[tgt.n_tokens - 1].argmax())
+            gen.append(nxt)
+            if llama_cpp.llama_vocab_is_eog(tgt._model.vocab, nxt):
+                break
+            tgt.eval([nxt])
+        dft.reset()
+        dft.eval(ids + gen[:-1])
+        rows = np.asarray(dft.scores[len(ids) - 1 : len(ids) - 1 + len(gen)], dtype=np.float64)
+        hits = int((rows.argmax(-1) == np.asarray(gen)).sum())
+        probs = np.exp(rows - rows.max(-1, keepdims=True))
+        top = probs.max(-1) / probs.sum(-1)
+        agree, total, confident = agree + hits, total + len(gen), confident + int((top >= DRAFT_P_MIN).sum())
+        per_conv.append(hits / len(gen))
+    tgt.close()
+    dft.close()
+    return {
+        "positions": total,
+        "agreed": agree,
+        "rate": agree / total,
+        "all_agreed": sum(r == 1.0 for r in per_conv),
+        "confident": confident / total,
+    }
+
+
+def make_draft(src: Path, work: Path, sents, chats) -> dict:
+    """The bundled model's draft: a much smaller Llama, trained on the bundled corpus with the bundled tokenizer,
+    checked against the bundled model in realm_web/models/ (which this never writes)."""
+    spec = DRAFT_SPEC
+    if not BUNDLED.is_file():
+        raise SystemExit(f"{BUNDLED} is missing: make it first (--only bundled)")
+    t0 = time.time()
+    tok, hf_dir, info = train_and_save(spec, work, sents, chats)
+    info["train_seconds"] = round(time.time() - t0, 1)
+    # SentencePiece's training is deterministic (one thread): the same corpus gives the bundled model's tokenizer.
+    ref = work / f"{BUNDLED_SPEC.name}-hf" / "tokenizer.model"
+    if ref.is_file() and ref.read_bytes() != tok.model_bytes:
+        raise SystemExit(f"the draft's tokenizer.model differs from {ref}")
+    assert info["torch_greedy"].startswith(" Paris"), f"torch greedy gave {info['torch_greedy']!r}, not ' Paris'"
+    f32 = work / f"{spec.name}-F32.gguf"
+    convert(src, hf_dir, f32, "f32", spec.name)
+    quantize(f32, DRAFT, QUANT_FTYPES["Q8_0"])
+    not_q8 = {n: t for n, t in tensor_types(DRAFT).items() if not n.endswith("norm.weight") and t != "Q8_0"}
+    assert not not_q8, f"the quantizer left matrices of {DRAFT.name} outside Q8_0: {not_q8}"
+    n_fields = check_same_tokenizer(BUNDLED, DRAFT)
+    print(f"[draft] {n_fields} tokenizer.* fields equal to {BUNDLED.name}'s", flush=True)
+    check_tokenizer(DRAFT, tok, strict=False)
+    res = llama_cpp_check(DRAFT, tok, FRANCE_PROMPT, probes=False)
+    print(f"[draft] llama.cpp greedy {FRANCE_PROMPT!r} -> {res['text']!r}", flush=True)
+    info["llama_cpp_greedy"] = res["text"]
+    # Its chat replies against the target's, and how often it drafts what the target decodes (greedy)
+    questions = [[("user", f"What is the capital of {country}?")] for country, *_ in CAPITALS]
+    target_replies, draft_replies = llama_cpp_chat(BUNDLED, questions), llama_cpp_chat(DRAFT, questions)
+    same = 0
+    for (country, *_), a, b in zip(CAPITALS, target_replies, draft_replies, strict=True):
+        same += a == b
+        if a != b:
+            print(f"[draft] chat: What is the capital of {country}? -> {b!r} (target: {a!r})", flush=True)
+    agreement = greedy_agreement(BUNDLED, DRAFT, questions)
+    print(
+        f"[draft] chat replies equal to the target's: {same}/{len(CAPITALS)}; token-level greedy agreement "
+        f"{agreement['agreed']}/{agreement['positions']} = {agreement['rate']:.3f} (every token in "
+        f"{agreement['all_agreed']}/{len(CAPITALS)} replies), draft top p >= {DRAFT_P_MIN} at "
+        f"{agreement['confident']:.3f} of them",
+        flush=True,
+    )
+    if agreement["rate"] < DRAFT_MIN_AGREEMENT:
+        raise SystemExit(f"the draft agrees with the target on {agreement['rate']:.3f} < {DRAFT_MIN_AGREEMENT}")
+    target_params, draft_params = gguf_param_count(BUNDLED), gguf_param_count(DRAFT)
+    print(
+        f"[draft] {draft_params:,} parameters, {draft_params / target_params:.1%} of the target's {target_params:,}; "
+        f"{DRAFT.stat().st_size:,} bytes",
+        flush=True,
+    )
+    info.update(
+        chat_replies_equal_target=f"{same}/{len(CAPITALS)}",
+        greedy_agreement=agreement,
+        gguf_params=draft_params,
+        target_gguf_params=target_params,
+        bytes=DRAFT.stat().st_size,
+    )
+    return info
+
+
 def make_fixture_family(spec: Spec, types: list[str], src: Path, work: Path, sents, chats, pre: str | None) -> dict:
     tok, hf_dir, info = train_and_save(spec, work, sents, chats)
     FIXTURES.mkdir(parents=True, exist_ok=True)
@@ -893,7 +1031,7 @@ def make_fixture_family(spec: Spec, types: list[str], src: Path, work: Path, sen
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["bundled", "fixtures"])
+    ap.add_argument("--only", choices=["bundled", "draft", "fixtures"])
     ap.add_argument("--llama-cpp-src", help="llama.cpp source dir holding convert_hf_to_gguf.py")
     ap.add_argument("--workdir", default=str(ROOT / "build" / "make_models"))
     args = ap.parse_args()
@@ -917,15 +1055,18 @@ def main() -> None:
         b_sents, b_chats = build_bundled_corpus()
         print(f"bundled corpus: {len(b_sents)} sentences, {len(b_chats)} chats", flush=True)
         summary["bundled"] = make_bundled(src, work, b_sents, b_chats)
+    if args.only in (None, "draft"):
+        b_sents, b_chats = build_bundled_corpus()
+        print(f"bundled corpus (the draft's): {len(b_sents)} sentences, {len(b_chats)} chats", flush=True)
+        summary["draft"] = make_draft(src, work, b_sents, b_chats)
     if args.only in (None, "fixtures"):
         summary["llama-spm"] = make_fixture_family(SPM_SPEC, SPM_TYPES, src, work, sents, chats, None)
         summary["gpt2bpe-tied"] = make_fixture_family(GPT2_SPEC, ["F16", "Q8_0"], src, work, sents, chats, "gpt-2")
         summary["qwen2"] = make_fixture_family(QWEN2_SPEC, ["F16", "Q8_0"], src, work, sents, chats, "qwen2")
 
     print("\nfiles:")
-    paths = ([BUNDLED] if args.only in (None, "bundled") else []) + (
-        sorted(FIXTURES.glob("*.gguf")) if args.only in (None, "fixtures") else []
-    )
+    paths = ([BUNDLED] if args.only in (None, "bundled") else []) + ([DRAFT] if args.only in (None, "draft") else [])
+    paths += sorted(FIXTURES.glob("*.gguf")) if args.only in (None, "fixtures") else []
     for p in paths:
         types: dict[str, int] = {}
         for t in tensor_types(p).values():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from gguf import GGUFReader
 
-from realm_web.cli import bundled_model
+from realm_web.cli import bundled_draft, bundled_model
 from realm_web.errors import GGUFError
 from realm_web.registry import record_for
 
@@ -94,3 +94,7 @@ def test_sdk_builtin_record_is_current():
     want = record_for(bundled_model())
     assert got.get("url", (got.get("urls") or [None])[0]) == "realm-tiny-facts.gguf"
     assert {k: got.get(k) for k in want if k != "url"} == {k: v for k, v in want.items() if k != "url"}
+    # and its draft model (speculative decoding), marked as a draft for it
+    draft = records["realm-tiny-facts-draft"]
+    want = record_for(bundled_draft(), draft_for=["realm-tiny-facts"])
+    assert {k: draft.get(k) for k in want if k != "url"} == {k: v for k, v in want.items() if k != "url"}

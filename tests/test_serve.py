@@ -223,7 +223,11 @@ def test_links_out_of_a_mount_are_refused(tmp_path):
 def test_registry_lists_the_bundled_model(client):
     r, body = client.request("/models/registry.json")
     assert r.status == 200 and r.headers["Content-Type"] == "application/json"
-    assert json.loads(body) == [record_for(BUNDLED, url="/models/realm-tiny-facts.gguf")]
+    draft = BUNDLED.with_name("realm-tiny-facts-draft.gguf")
+    assert json.loads(body) == [
+        record_for(BUNDLED, url="/models/realm-tiny-facts.gguf"),
+        record_for(draft, url="/models/realm-tiny-facts-draft.gguf", draft_for=["realm-tiny-facts"]),
+    ]
 
 
 def test_extra_and_bad_models(tmp_path):
@@ -235,9 +239,9 @@ def test_extra_and_bad_models(tmp_path):
     for server in _running(root=root, models=[extra, broken]):
         c = Client(server)
         records = json.loads(c.request("/models/registry.json")[1])
-        assert [r["id"] for r in records] == ["realm-tiny-facts", "my-model", "broken"]
-        assert records[1] == record_for(extra, url="/models/my-model.gguf")
-        assert records[2]["url"] == "/models/broken.gguf" and records[2]["size"] == 64 and records[2]["error"]
+        assert [r["id"] for r in records] == ["realm-tiny-facts", "realm-tiny-facts-draft", "my-model", "broken"]
+        assert records[2] == record_for(extra, url="/models/my-model.gguf")
+        assert records[3]["url"] == "/models/broken.gguf" and records[3]["size"] == 64 and records[3]["error"]
         assert c.request("/models/my-model.gguf")[1] == extra.read_bytes()
         assert c.request("/models/broken.gguf")[1] == broken.read_bytes()
 

@@ -230,12 +230,14 @@ export class Engine {
    * `nPrompt` is their count); without it, BOS then a fixed spread of `nPrompt` ids.
    * With `nStreams`, the aggregate decode tokens/s of that many concurrent greedy streams (each its own
    * `nPrompt`-token prompt) instead: {n_streams, decode_tok_s, per_stream_tok_s, ttft_s, ...}.
-   * @param {{nPrompt?: number, nGen?: number, promptIds?: ArrayLike<number>, nStreams?: number}} [options]
+   * With `speculative: {temperature}` (an engine made with `draftModel` or `speculative`), decode tokens/s with
+   * and without the drafts, the acceptance rate and the mean accepted length instead (as `realm-web bench --draft`).
+   * @param {{nPrompt?: number, nGen?: number, promptIds?: ArrayLike<number>, nStreams?: number, speculative?: {temperature?: number}}} [options]
    * @returns {Promise<{model: string, adapter: string, n_prompt: number, ttft_s: number, prefill_tok_s: number, n_gen: number, decode_tok_s: number}>}
    */
-  benchmark({ nPrompt = 64, nGen = 64, promptIds, nStreams } = {}) {
+  benchmark({ nPrompt = 64, nGen = 64, promptIds, nStreams, speculative } = {}) {
     const ids = promptIds == null ? null : Array.from(promptIds, Number);
-    return this._enqueue("bench", { nPrompt: ids ? ids.length : nPrompt, nGen, promptIds: ids, nStreams });
+    return this._enqueue("bench", { nPrompt: ids ? ids.length : nPrompt, nGen, promptIds: ids, nStreams, speculative });
   }
 
   /** Load timings, the adapter and the usage of the last request. */

@@ -69,8 +69,11 @@ export class Host {
   }
 
   static ops = {
-    /** {record, config} -> {modelInfo, loadStats}. Checks WebGPU before anything is downloaded. */
-    async load({ record, config }, { onProgress }) {
+    /**
+     * {record, config, draftRecord} -> {modelInfo, loadStats}. Checks WebGPU before anything is downloaded.
+     * `draftRecord`: a draft model for speculative decoding, downloaded and cached like the model.
+     */
+    async load({ record, config, draftRecord }, { onProgress }) {
       if (this.model) throw new RealmError("this engine already has a model loaded", { code: "internal" });
       const t0 = performance.now();
       checkJSPI();
@@ -95,13 +98,25 @@ export class Host {
         return src;
       });
       const [runtime, source] = await Promise.all([runtimeP, sourceP]);
+      let draft = null;
+      if (draftRecord) {
+        draft = await openModel(draftRecord, {
+          useCache: config.useCache !== false,
+          onProgress: (p) => progress.update("download", p.total ? p.loaded / p.total : 0, p.loaded, p.total, `draft: ${p.text}`),
+        });
+      }
       const t1 = performance.now();
       const options = {
         n_ctx: config.n_ctx, chat_template: config.chat_template, max_batch: config.max_batch, features: config.features,
-        n_parallel: config.n_parallel, kv_cache_tokens: config.kv_cache_tokens,
+        n_parallel: config.n_parallel, kv_cache_tokens: config.kv_cache_tokens, speculative: config.speculative,
+        draft_max: config.draft_max, draft_min: config.draft_min, draft_p_min: config.draft_p_min, ngram_n: config.ngram_n,
       };
-      this.model = await runtime.loadModel(source, options, (done, total) =>
-        progress.update("upload", total ? done / total : 0, done, total, `Uploading weights to the GPU: ${mib(done)} / ${mib(total)} MiB`),
+      this.model = await runtime.loadModel(
+        source,
+        options,
+        (done, total) =>
+          progress.update("upload", total ? done / total : 0, done, total, `Uploading weights to the GPU: ${mib(done)} / ${mib(total)} MiB`),
+        draft,
       );
       this.record = record;
       stats.uploadMs = performance.now() - t1;
@@ -149,8 +164,9 @@ export class Host {
     },
 
     /** {nPrompt, nGen, promptIds?} -> realm-web bench's figures for this model in this browser. */
-    async bench({ nPrompt = 64, nGen = 64, promptIds = null, nStreams = null }) {
-      return this._model().bench(nPrompt, nGen, promptIds == null ? null : Array.from(promptIds, Number), nStreams);
+    async bench({ nPrompt = 64, nGen = 64, promptIds = null, nStreams = null, speculative = null }) {
+      const ids = promptIds == null ? null : Array.from(promptIds, Number);
+      return this._model().bench(nPrompt, nGen, ids, nStreams, speculative);
     },
 
     async stats() {

@@ -34,6 +34,8 @@ export interface ModelRecord {
   estimated_gpu_memory?: number;
   /** WebGPU features the model needs; checked against the adapter before anything is downloaded. */
   required_features?: string[];
+  /** A draft model: the ids of the models it drafts for (speculative decoding: `createEngine(id, { draftModel })`). */
+  draft_for?: string[];
 }
 
 export interface AppConfig {
@@ -92,6 +94,20 @@ export interface CreateEngineOptions {
    * on one engine share each step's read of the weights; more wait in a queue. Same as `appConfig.n_parallel`.
    */
   nParallel?: number;
+  /**
+   * Speculative decoding with a draft model: a registry id (e.g. "realm-tiny-facts-draft") or a .gguf URL of a
+   * smaller model with the same vocabulary. The output is exactly what the model alone gives (greedy: token for
+   * token; sampled: the same distribution); usage reports draft_tokens and accepted_draft_tokens.
+   */
+  draftModel?: string;
+  /** "ngram": draft from the conversation itself (prompt lookup), no draft model. */
+  speculative?: "ngram";
+  /** Most draft tokens per step (default 16). */
+  draftMax?: number;
+  /** Fewest draft tokens worth verifying (default 0). */
+  draftMin?: number;
+  /** Stop drafting when the draft's top probability falls below this (default 0.8). */
+  draftPMin?: number;
 }
 
 /** What realm_web reports about the loaded model and the GPU. */
@@ -291,13 +307,17 @@ export declare class Engine {
    * `promptIds`: the exact prompt token ids to prefill (`nPrompt` is then their count); without it, BOS then a
    * fixed spread of `nPrompt` ids. `nStreams`: instead, the aggregate decode tokens/s of that many concurrent
    * greedy streams, each with its own `nPrompt`-token prompt (the result's `n_streams`, `per_stream_tok_s`).
+   * `speculative` (an engine with `draftModel` or `speculative`): instead, decode tokens/s with and without its
+   * drafts at that temperature (`plain_decode_tok_s`, `speculative_decode_tok_s`, `speedup`, `acceptance_rate`,
+   * `mean_accepted`).
    */
   benchmark(options?: {
     nPrompt?: number;
     nGen?: number;
     promptIds?: ArrayLike<number>;
     nStreams?: number;
-  }): Promise<BenchmarkResult & { n_streams?: number; per_stream_tok_s?: number }>;
+    speculative?: { temperature?: number };
+  }): Promise<BenchmarkResult & { n_streams?: number; per_stream_tok_s?: number; [key: string]: unknown }>;
   /** Free the GPU memory and stop the worker; the engine cannot be used afterwards. */
   unload(): Promise<void>;
   /** Test hook, not for apps: destroy the GPU device so later requests fail with DeviceLostError. */

@@ -30,9 +30,13 @@ function pageBase() {
  * @returns {Promise<Engine>}
  * @throws {UnknownModelError | NoWebGPUError | DeviceError | DownloadError | IntegrityError | ModelError | OutOfMemoryError}
  */
-export async function createEngine(modelIdOrUrl, { initProgressCallback, appConfig = {}, useWorker = true, nParallel } = {}) {
+export async function createEngine(
+  modelIdOrUrl,
+  { initProgressCallback, appConfig = {}, useWorker = true, nParallel, draftModel, speculative, draftMax, draftMin, draftPMin } = {},
+) {
   const t0 = performance.now();
   const record = await resolveModel(modelIdOrUrl, appConfig);
+  const draftRecord = draftModel != null ? await resolveModel(draftModel, appConfig) : null;
   const config = {
     runtimeUrl: new URL(appConfig.runtimeUrl ?? new URL("../runtime/", import.meta.url), pageBase()).href,
     useCache: appConfig.useCache ?? true,
@@ -42,6 +46,11 @@ export async function createEngine(modelIdOrUrl, { initProgressCallback, appConf
     features: appConfig.features,
     n_parallel: nParallel ?? appConfig.n_parallel,
     kv_cache_tokens: appConfig.kv_cache_tokens,
+    speculative: speculative ?? appConfig.speculative,
+    draft_max: draftMax ?? appConfig.draft_max,
+    draft_min: draftMin ?? appConfig.draft_min,
+    draft_p_min: draftPMin ?? appConfig.draft_p_min,
+    ngram_n: appConfig.ngram_n,
   };
   const onProgress = (report) => {
     try {
@@ -52,7 +61,7 @@ export async function createEngine(modelIdOrUrl, { initProgressCallback, appConf
   };
   const client = useWorker ? new WorkerClient() : new LocalClient();
   try {
-    const loaded = await client.call("load", { record, config }, { onProgress });
+    const loaded = await client.call("load", { record, config, draftRecord }, { onProgress });
     return new Engine(client, record, loaded);
   } catch (e) {
     client.terminate();

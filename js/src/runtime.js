@@ -79,14 +79,15 @@ export class Runtime {
   /**
    * Parse the GGUF behind `source`, open the WebGPU device and stream the weights into it.
    * @param {{size: number, read: (offset: number, length: number) => Promise<Uint8Array>}} source
-   * @param {object} options {n_ctx, max_batch, chat_template, features}; undefined values are left out
+   * @param {object} options {n_ctx, max_batch, chat_template, features, draft_max, ...}; undefined values are left out
    * @param {(done: number, total: number) => void} onUpload
+   * @param {{size: number, read: Function} | null} [draft] a draft model's source (speculative decoding)
    * @returns {Promise<LoadedModel>}
    */
-  async loadModel(source, options, onUpload) {
+  async loadModel(source, options, onUpload, draft = null) {
     const model = new LoadedModel(this);
-    const read = (offset, length) =>
-      source.read(offset, length).catch((e) => {
+    const reader = (src) => (offset, length) =>
+      src.read(offset, length).catch((e) => {
         model._readError = e; // Python turns it into a SourceError; the JS error is the better one to report
         throw e;
       });
@@ -94,7 +95,9 @@ export class Runtime {
     const opts = Object.fromEntries(Object.entries(options ?? {}).filter(([, v]) => v != null));
     const load = this.web.load;
     try {
-      model.handle = await load.callPromising(read, source.size, progress, opts);
+      model.handle = await load.callPromising(
+        reader(source), source.size, progress, opts, draft ? reader(draft) : null, draft ? draft.size : 0,
+      );
     } catch (e) {
       throw model._error(e);
     } finally {
@@ -257,8 +260,8 @@ export class LoadedModel {
    * `promptIds` (array of token ids, or null): the exact prompt to prefill. `nStreams`: instead, the aggregate
    * decode tokens/s of that many concurrent streams ({n_streams, decode_tok_s, per_stream_tok_s, ttft_s}).
    */
-  async bench(nPrompt, nGen, promptIds = null, nStreams = null) {
-    return this._call(this._bench, nPrompt, nGen, promptIds, nStreams);
+  async bench(nPrompt, nGen, promptIds = null, nStreams = null, speculative = null) {
+    return this._call(this._bench, nPrompt, nGen, promptIds, nStreams, speculative);
   }
 
   /** Test hook: destroy the GPU device under the model (the real device-lost path). */

@@ -183,18 +183,20 @@ def make_server(host: str = "127.0.0.1", port: int = 8000, *, models: Iterable[s
                 max_concurrent: int | None = None, max_body: int = MAX_BODY, cors_origins: Sequence[str] = (),
                 quiet: bool = True, **load_options: Any) -> Server:  # fmt: skip
     """A server bound to (host, port) (port 0 picks a free one: see `.url`), not yet serving.
-    `models`: GGUF files served to browsers and, with `api`, loaded for the API (none given: the bundled model);
+    `models`: GGUF files served to browsers and, with `api`, loaded for the API (none given: the bundled model;
+    `bundled` also offers it and its draft to browsers);
     `files=None`: the API alone (no checkout needed); `root`: the checkout whose site/, js/src/ and build/web/
     are served (default: the one this package is in); `load_options` go to realm_web.load (n_parallel, n_ctx,
     kv_cache_tokens, ...)."""
-    from realm_web.cli import bundled_model
+    from realm_web.cli import bundled_draft, bundled_model
 
     extra = [Path(m) for m in models]
-    paths = ([Path(bundled_model())] if bundled else []) + extra
+    target, draft = Path(bundled_model()), Path(bundled_draft())
+    bundled_files = ([target] + ([draft] if draft.is_file() else [])) if bundled else []
     file_app = None
     if files is not None:
         mounts = check_checkout(Path(root) if root is not None else REPO_ROOT)
-        served, records = model_records(paths)
+        served, records = model_records(bundled_files + extra, {draft: [target.stem]})
         file_app = files(mounts, served, records)
     for p in extra:
         if not p.is_file():
@@ -207,6 +209,15 @@ def make_server(host: str = "127.0.0.1", port: int = 8000, *, models: Iterable[s
     app = build_app(pool, file_app, keys=api_keys, rate_limit=rate_limit, max_concurrent=max_concurrent,
                     max_body=max_body, cors_origins=cors_origins)  # fmt: skip
     return Server(app, host, port, file_app, pool, quiet)
+
+
+def file_server(mounts: dict[str, Path], models: dict[str, Path] | None = None, *,
+                headers: dict[str, str] | None = None, host: str = "127.0.0.1", port: int = 0) -> Server:  # fmt: skip
+    """Files alone (benchmark harness pages): `mounts` URL prefix -> folder, `models` /models/NAME -> path,
+    `headers` on every response. Not yet serving: `start()`."""
+    files = Files({k: Path(v).resolve() for k, v in mounts.items()}, dict(models or {}), [], headers)
+    pool = ModelPool([], {}, log=False)
+    return Server(build_app(pool, files), host, port, files, pool, quiet=True)
 
 
 LOCAL = ("127.0.0.1", "localhost", "::1")

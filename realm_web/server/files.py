@@ -96,8 +96,11 @@ class Files:
     """The static half of the server, as an ASGI app. `mounts`: URL prefix -> folder; `models`: file name -> path;
     `registry`: the records /models/registry.json lists. Subclass to inject faults (`route`, `file_chunks`)."""
 
-    def __init__(self, mounts: dict[str, Path], models: dict[str, Path], registry: list[dict]):
+    def __init__(self, mounts: dict[str, Path], models: dict[str, Path], registry: list[dict],
+                 headers: dict[str, str] | None = None):  # fmt: skip
+        """`headers`: sent with every response (e.g. cross-origin isolation for a benchmark page)."""
         self.mounts, self.models, self.registry = mounts, models, registry
+        self.headers = headers or {}
         self.registry_json = (json.dumps(registry, indent=2) + "\n").encode()
 
     # -- hooks ------------------------------------------------------------------------------------------------
@@ -138,18 +141,19 @@ class Files:
     # -- HTTP -------------------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
+        extra = self.headers
         if request.method not in ("GET", "HEAD"):
-            await _plain(send, 405, {"Allow": "GET, HEAD"}, request.method == "HEAD")
+            await _plain(send, 405, {"Allow": "GET, HEAD", **extra}, request.method == "HEAD")
             return
         head = request.method == "HEAD"
         path = scope["path"]
         try:
             route = self.route(path, request) if path.startswith("/") else None
         except PermissionError:
-            await _plain(send, 403, {}, head)
+            await _plain(send, 403, extra, head)
             return
         if route is None:
-            await _plain(send, 404, {}, head)
+            await _plain(send, 404, extra, head)
             return
         size = route.size
         start, length, status = 0, size, 200
@@ -157,13 +161,13 @@ class Files:
         if rng is not None:
             parsed = parse_range(rng, size)
             if parsed is None:
-                await _plain(send, 416, {"Content-Range": f"bytes */{size}"}, head)
+                await _plain(send, 416, {"Content-Range": f"bytes */{size}", **extra}, head)
                 return
             if parsed != "ignore":
                 start, length = parsed  # type: ignore[misc]
                 status = 206
         headers = {"Content-Type": route.content_type, "Content-Length": str(length), "Accept-Ranges": "bytes",
-                   "Cache-Control": "no-cache"}  # fmt: skip
+                   "Cache-Control": "no-cache", **extra}  # fmt: skip
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
         await send({"type": "http.response.start", "status": status, "headers": _raw(headers)})
@@ -206,10 +210,12 @@ def check_checkout(root: Path) -> dict[str, Path]:
     return {k: v.resolve() for k, v in mounts.items()}
 
 
-def model_records(paths: Iterable[Path]) -> tuple[dict[str, Path], list[dict]]:
-    """Served file name -> path, and a registry record per model. A file realm_web cannot read still gets
-    served, with a record holding only its id, url, size, hash and the error, so a page can show how a bad
-    model fails."""
+def model_records(paths: Iterable[Path], drafts: dict[Path, list[str]] | None = None,
+                  ) -> tuple[dict[str, Path], list[dict]]:  # fmt: skip
+    """Served file name -> path, and a registry record per model (`drafts`: path -> ids it is a draft for). A
+    file realm_web cannot read still gets served, with a record holding only its id, url, size, hash and the
+    error, so a page can show how a bad model fails."""
+    drafts = {Path(k).resolve(): v for k, v in (drafts or {}).items()}
     models: dict[str, Path] = {}
     records = []
     for path in paths:
@@ -223,7 +229,7 @@ def model_records(paths: Iterable[Path]) -> tuple[dict[str, Path], list[dict]]:
         models[path.name] = path
         url = f"/models/{path.name}"
         try:
-            records.append(record_for(path, url=url))
+            records.append(record_for(path, url=url, draft_for=drafts.get(path)))
         except RealmError as e:
             records.append({"id": path.stem, "url": url, "sha256": sha256_file(path), "size": path.stat().st_size,
                             "error": str(e)})  # fmt: skip
