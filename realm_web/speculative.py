@@ -76,12 +76,15 @@ class SpecConfig:
             raise DraftError(f"need 0 <= draft_p_min <= 1 and ngram_n >= 1: {self.p_min}, {self.ngram_n}")
 
 
-def ngram_draft(tokens: Seq[int], n: int, k: int) -> list[int]:
+NGRAM_MIN = 2  # shortest suffix looked up: a single token predicts too little (its drafts are mostly rejected)
+
+
+def ngram_draft(tokens: Seq[int], n: int, k: int, n_min: int = NGRAM_MIN) -> list[int]:
     """`k` tokens that follow the latest earlier occurrence of the last `n` tokens (or of a shorter suffix, down
-    to 1), read on through the draft itself where they reach the end: a repeating stretch (a loop, a copied
-    line) is drafted as far as `k`."""
+    to `n_min`), read on through the draft itself where they reach the end: a repeating stretch (a loop, a
+    copied line) is drafted as far as `k`."""
     L = len(tokens)
-    for size in range(min(n, L - 1), 0, -1):
+    for size in range(min(n, L - 1), min(n_min, n) - 1, -1):
         tail = list(tokens[L - size :])
         for start in range(L - size - 1, -1, -1):
             if list(tokens[start : start + size]) == tail:
@@ -131,6 +134,7 @@ class DraftModel:
             sps[seq.id] = replace(sp, seed=(sp.seed ^ DRAFT_SEED) & 0xFFFFFFFF,
                                   temperature=0.0 if greedy else sp.temperature)  # fmt: skip
             seq.draft, seq.draft_q, limit[seq.id] = [], not greedy, k
+            seq.draft_done = min(seq.draft_done, len(seq.token_ids) - 1)  # at least the last token is fed again
             self.sampler.reset_slot(seq.slot, sps[seq.id], seq.token_ids, seq.n_generated)
         # 1. catch up on the new tokens (the prompt, the last verified ones) until each has one left, whose row
         # drafts the first token in the first chained step

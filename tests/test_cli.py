@@ -48,6 +48,33 @@ def test_run_takes_the_prompt_as_llama_cpp_does(dev):
     assert r.stdout.splitlines() == [answer("Japan")]
 
 
+def test_run_with_a_draft_or_lookup_prints_the_same_text(dev):
+    from realm_web.cli import bundled_draft
+
+    turns = "What is the capital of Peru?\nWhat is the capital of Kenya?\n"
+    want = [answer("Peru"), answer("Kenya")]
+    for flags in (["--draft", bundled_draft(), "--draft-max", "6"], ["--lookup", "--lookup-ngram", "2"]):
+        r = cli("run", "--chat", "-n", "24", "--temp", "0", *flags, stdin=turns)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == want, flags
+    r = cli("run", "--draft", str(FIX / "qwen2-Q8_0.gguf"), "-n", "2")
+    assert r.returncode == 1 and "realm-web: error: the draft's tokenizer is 'gpt2', the target's 'llama'" in r.stderr
+    r = cli("run", "--draft", bundled_draft(), "--lookup", "-n", "2")
+    assert r.returncode == 1 and "not both" in r.stderr
+
+
+def test_bench_draft_json(dev):
+    from realm_web.cli import bundled_draft
+
+    r = cli("bench", "--draft", bundled_draft(), "--gen-tokens", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["temperature"] for row in rows] == [0.0, 0.8]
+    for row in rows:
+        assert row["mode"] == "draft" and row["drafted"] >= row["accepted"] > 0 and row["speedup"] > 0
+        assert 0 < row["acceptance_rate"] <= 1 and row["plain_decode_tok_s"] > 0
+
+
 def test_prompt_given_twice_is_a_usage_error():
     r = cli("run", "The capital of", "-p", "The capital of France is")
     assert r.returncode == 2 and "give the prompt once" in r.stderr and "Traceback" not in r.stderr

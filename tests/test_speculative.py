@@ -56,8 +56,9 @@ def test_ngram_draft():
     toks = [1, 2, 3, 4, 5, 9, 2, 3, 4]
     assert ngram_draft(toks, 3, 2) == [5, 9]  # "2 3 4" occurred before, followed by 5 9
     assert ngram_draft(toks, 3, 7) == [5, 9, 2, 3, 4, 5, 9]  # and on through the draft: the stretch repeats
-    # no earlier "2 8": the 1-gram "8", whose latest earlier occurrence (index 4) was followed by 2 8
-    assert ngram_draft([7, 8, 1, 7, 8, 2, 8], 2, 3) == [2, 8, 2]
+    # no earlier "2 8": with n_min 1 the 1-gram "8", whose latest earlier occurrence (index 4) was followed by 2 8
+    assert ngram_draft([7, 8, 1, 7, 8, 2, 8], 2, 3, n_min=1) == [2, 8, 2]
+    assert ngram_draft([7, 8, 1, 7, 8, 2, 8], 2, 3) == []  # by default a single token is too weak a match
     assert ngram_draft([5, 6, 6, 6], 3, 4) == [6, 6, 6, 6]  # a loop
     assert ngram_draft([1, 2, 3], 3, 4) == []
 
