@@ -283,3 +283,27 @@ def test_chat_agenerate_and_the_server_speculate_too(dev, plain, drafted):
         assert srv.pool.entries["realm-tiny-facts"].model.stats()["accepted_draft_tokens"] > 0
     finally:
         srv.shutdown()
+
+
+@pytest.mark.parametrize("opts", [{"draft_model": DRAFT}, {"speculative": "ngram"}], ids=["drafted", "lookup"])
+def test_preemption_and_prefix_hits_keep_greedy_exact(plain, opts):
+    """A pool of 7 blocks for 4 sequences of ~60 tokens: drafting sequences are preempted (their drafts and
+    draft KV dropped) and recomputed over cached prefixes, and each still gives the plain greedy tokens."""
+    model = realm_web.load(TARGET, n_parallel=4, kv_cache_tokens=112, draft_max=8, **opts)
+    prompts = [plain.chat_ids([{"role": "user", "content": q}]) for q in QUESTIONS[:4]]
+    want = [_greedy(plain, ids, 40) for ids in prompts]
+    got = [None] * 4
+
+    def run(i):
+        got[i] = _greedy(model, prompts[i], 40)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s = model.stats()
+    model.close()
+    assert got == want
+    assert s["preemptions"] > 0 and s["accepted_draft_tokens"] > 0
+    assert s["kv_blocks_used"] == 0
