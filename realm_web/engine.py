@@ -210,7 +210,7 @@ class Engine:
                 continue
             need = seq.n_computed + 1 + k
             if not blocks.can_grow(seq.table, need):
-                k = len(seq.table.blocks) * blocks.block_size - seq.n_computed - 1  # what its blocks hold already
+                k = min(k, len(seq.table.blocks) * blocks.block_size - seq.n_computed - 1)  # what its blocks hold
                 if k < max(1, spec.draft_min):
                     continue
                 need = seq.n_computed + 1 + k
