@@ -13,6 +13,8 @@ Rows (each in its own child process, `realm_web.bench.bench_speculative`: one re
 - bundled-lookup: the bundled model with n-gram prompt lookup (no draft model).
 - 125m-lookup / 1b-lookup: the Q4_K_M bench models (benchmarks/models.py, random weights: their greedy text
   falls into loops, which lookup drafts) with n-gram lookup; completion prompts.
+- 1b-draft-125m: the 1B bench model with the 125M one as its draft (same vocabulary; random weights, so the
+  draft rarely agrees: what drafting costs when it fails).
 - --browser: bundled-draft in Chromium through the SDK (`createEngine(id, { draftModel })`,
   `engine.benchmark({ speculative })`).
 Results: build/bench-results/speculative-*.json and a Markdown table on stdout.
@@ -37,6 +39,7 @@ ROWS = {
     "bundled-lookup": ("bundled", {"speculative": "ngram"}),
     "125m-lookup": ("125m-q4_k_m", {"speculative": "ngram"}),
     "1b-lookup": ("1b-q4_k_m", {"speculative": "ngram"}),
+    "1b-draft-125m": ("1b-q4_k_m", {"draft_model": "125m-q4_k_m"}),
 }
 
 

@@ -155,9 +155,15 @@ class Job:
         firsts = [c for c in self.choices if c.index % self.n == 0 and c.gen is not None]
         prompt = sum(c.gen.seq.n_prompt for c in firsts)  # type: ignore[union-attr]
         cached = sum(c.gen.seq.n_cached for c in firsts)  # type: ignore[union-attr]
-        completion = sum(c.gen.seq.n_generated for c in self.choices if c.gen is not None)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": cached}}  # fmt: skip
+        seqs = [c.gen.seq for c in self.choices if c.gen is not None]
+        completion = sum(q.n_generated for q in seqs)
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                 "prompt_tokens_details": {"cached_tokens": cached}}  # fmt: skip
+        drafted, accepted = sum(q.n_drafted for q in seqs), sum(q.n_accepted for q in seqs)
+        if drafted:  # speculative decoding, in OpenAI's words for predicted tokens
+            usage["completion_tokens_details"] = {"accepted_prediction_tokens": accepted,
+                                                  "rejected_prediction_tokens": drafted - accepted}  # fmt: skip
+        return usage
 
 
 def logprob_entry(model: Model, token: int, logits: bytes, top: int) -> dict[str, Any]:
