@@ -180,6 +180,9 @@ class Engine:
                 self.n_drafted += len(draft)
                 self.n_accepted += got.accepted
                 seq.n_computed += 1 + got.accepted  # the last token and the accepted draft tokens
+                # ask for twice as many after a fully accepted draft, one more than were kept after a rejection
+                full = got.accepted == len(draft)
+                seq.draft_limit = min(self.spec.draft_max, 2 * len(draft) if full else got.accepted + 1)
             # the draft model's KV holds what it was fed: valid up to the last accepted token
             seq.draft_done = min(seq.draft_done, len(seq.token_ids) + (got.accepted if draft else 0))
             new = draft[: got.accepted] + [got.token]
@@ -204,7 +207,7 @@ class Engine:
         per_seq = max(0, self.t.max_batch // 2 // len(cands) - 1)  # half the step's budget, the rest for prompts
         items = []
         for seq in cands:
-            k = min(spec.draft_max, per_seq, seq.max_tokens - seq.n_generated - 1,
+            k = min(seq.draft_limit or spec.draft_max, per_seq, seq.max_tokens - seq.n_generated - 1,
                     self.n_ctx - len(seq.token_ids) - 1)  # fmt: skip
             if k < max(1, spec.draft_min):
                 continue

@@ -58,6 +58,7 @@ class Sequence:
     n_drafted: int = 0  # draft tokens the target verified, over the sequence's life
     n_accepted: int = 0  # and accepted
     n_rounds: int = 0  # steps that verified draft tokens
+    draft_limit: int | None = None  # adaptive: the most draft tokens worth asking for next (None: draft_max)
     logits: list[bytes] = field(default_factory=list)  # scoring requests: f32 rows, step by step
 
     def __post_init__(self) -> None:
