@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from realm_web.server.api import API, error_response
 from realm_web.server.auth import KeysAndLimits, Limits
-from realm_web.server.files import REPO_ROOT, Files, ServeError, check_checkout, model_records
+from realm_web.server.files import REPO_ROOT, Files, NoPageError, ServeError, check_checkout, model_records
 from realm_web.server.metrics import CONTENT_TYPE, Metrics
 from realm_web.server.pool import ModelPool
 from realm_web.server.protocol import APIError
@@ -227,9 +227,7 @@ def serve(host: str, port: int, models: Iterable[str] = (), *, open_browser: boo
     """`realm-web serve`: serve until Ctrl-C."""
     try:
         server = make_server(host, port, models=models, quiet=False, **options)
-    except ServeError as e:
-        if "web bundle is missing" not in str(e) and "not a realm_web source checkout" not in str(e):
-            raise
+    except NoPageError as e:
         print(f"realm-web serve: note: {e}; serving the API alone", file=sys.stderr)
         server = make_server(host, port, models=models, quiet=False, files=None, **options)
     ids = ", ".join(server.pool.entries) or "none"

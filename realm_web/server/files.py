@@ -60,6 +60,10 @@ class ServeError(RealmError):
     """The server cannot start: no web bundle, not a source checkout, a bad --model, a port in use."""
 
 
+class NoPageError(ServeError):
+    """The demo page cannot be served: not a source checkout, or its web bundle is not built (the API still can)."""
+
+
 class Route:
     """What a request path maps to: a file on disk, or bytes made in memory (registry.json)."""
 
@@ -202,10 +206,10 @@ def check_checkout(root: Path) -> dict[str, Path]:
     """The folders to mount, or a ServeError saying what to do."""
     mounts = {"/": root / "site", "/js": root / "js" / "src", "/runtime": root / "build" / "web"}
     if not (mounts["/"] / "index.html").is_file() or not (mounts["/js"] / "index.js").is_file():
-        raise ServeError(f"{root} is not a realm_web source checkout (site/index.html and js/src/index.js are "
+        raise NoPageError(f"{root} is not a realm_web source checkout (site/index.html and js/src/index.js are "
                          "missing): `realm-web serve` serves the demo page and the SDK from the checkout")  # fmt: skip
     if not (mounts["/runtime"] / "manifest.json").is_file():
-        raise ServeError(f"the web bundle is missing ({mounts['/runtime'] / 'manifest.json'} not found): run "
+        raise NoPageError(f"the web bundle is missing ({mounts['/runtime'] / 'manifest.json'} not found): run "
                          "./scripts/setup.sh (or .venv/bin/python scripts/build_web.py) first")  # fmt: skip
     return {k: v.resolve() for k, v in mounts.items()}
 
