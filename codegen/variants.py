@@ -56,6 +56,8 @@ def variants() -> list[Variant]:
     for d in HEAD_DIMS:
         out.append(Variant(f"flash_attn_hd{d}_causal", "flash_attn.wgsl.j2", {"head_dim": d}))
     out.append(Variant("swiglu", "swiglu.wgsl.j2"))
+    for stage in ("shrink", "expand"):
+        out.append(Variant(f"lora_{stage}", "lora.wgsl.j2", {"stage": stage}))
     for bcast in (False, True):
         for inplace in (False, True):
             name = "add" + ("_bcast" if bcast else "") + ("_inplace" if inplace else "")

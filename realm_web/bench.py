@@ -156,11 +156,12 @@ def decode_bytes(model, pos: int) -> int:
     return total + 2 * c.n_layer * (pos + 1) * c.kv_dim * 4
 
 
-def bench_batched(model, n_streams: int, n_prompt: int = 16, n_gen: int = 32) -> dict:
+def bench_batched(model, n_streams: int, n_prompt: int = 16, n_gen: int = 32, lora: list | None = None) -> dict:
     """Aggregate decode tokens/s of `n_streams` concurrent greedy streams (EOS ignored) through the engine: each
     stream has its own prompt of `n_prompt` ids (no shared prefix), all submitted at once. Decode is timed from
     the moment every stream has its first token to the last token, counting the tokens produced in between.
-    Runs natively (the engine thread) and in the browser (this call drives the steps)."""
+    Runs natively (the engine thread) and in the browser (this call drives the steps). `lora`: each stream's
+    adapters ({name: scale}; stream i takes lora[i % len(lora)]), default: the model's defaults."""
     import threading
 
     from realm_web.sampling import SamplingParams
@@ -189,8 +190,8 @@ def bench_batched(model, n_streams: int, n_prompt: int = 16, n_gen: int = 32) ->
         t0 = time.perf_counter()
         for s in range(n_streams):
             ids = [bos] + [(7 * i + 11 + 131 * s + max_tokens) % vocab for i in range(n_prompt - 1)]
-            eng.submit(Sequence(ids, SamplingParams(temperature=0), max_tokens, emit(s), cache_salt=salt,
-                                ignore_eos=True))  # fmt: skip
+            seq = Sequence(ids, SamplingParams(temperature=0), max_tokens, emit(s), cache_salt=salt, ignore_eos=True)
+            model.submit(seq, lora[s % len(lora)] if lora else None)
         if eng._thread is None:
             eng.run_until(done.is_set)
         done.wait()

@@ -14,6 +14,7 @@ from realm_web.errors import RealmError
 
 BUNDLED = "realm-tiny-facts.gguf"
 BUNDLED_DRAFT = "realm-tiny-facts-draft.gguf"
+BUNDLED_LORA = "realm-tiny-facts-lora-fiction.gguf"
 # What the native path imports beyond the pure-Python core (pyproject's dependencies outside Pyodide).
 _NATIVE_DEPS = {
     "wgpu": "wgpu>=0.32,<0.33",
@@ -36,6 +37,11 @@ def _version() -> str:
 def bundled_model() -> str:
     """Path of the small model shipped inside the package."""
     return str(resources.files("realm_web") / "models" / BUNDLED)
+
+
+def bundled_lora() -> str:
+    """Path of the bundled model's demo LoRA adapter (teaches it capitals of made-up countries)."""
+    return os.path.join(os.path.dirname(bundled_model()), BUNDLED_LORA)
 
 
 def bundled_draft() -> str:
@@ -70,6 +76,10 @@ def _load(args: argparse.Namespace):
     if getattr(args, "chat_template", None):
         opts["chat_template"] = args.chat_template
     opts.update(_spec_options(args))
+    lora = [(p, 1.0) for p in getattr(args, "lora", None) or []]
+    lora += [(p, float(scale)) for p, scale in getattr(args, "lora_scaled", None) or []]
+    if lora:
+        opts["lora"] = lora
     return realm_web.load(path, progress=ProgressBar(f"loading {os.path.basename(path)}"), **opts)
 
 
@@ -98,6 +108,13 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-p-min", type=float, default=0.8,
                    help="stop drafting below this top probability (default 0.8)")  # fmt: skip
     g.add_argument("--lookup-ngram", type=int, default=3, help="--lookup: n-gram size matched (default 3)")
+
+
+def _lora_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LoRA adapters (llama.cpp's GGUF adapters, applied unmerged)")
+    g.add_argument("--lora", action="append", metavar="ADAPTER.gguf", help="apply an adapter at scale 1 (repeatable)")
+    g.add_argument("--lora-scaled", nargs=2, action="append", metavar=("ADAPTER.gguf", "SCALE"),
+                   help="apply an adapter at SCALE (repeatable)")  # fmt: skip
 
 
 def _sampling(args: argparse.Namespace) -> dict:
@@ -235,8 +252,9 @@ def _models(args: argparse.Namespace) -> int:
             print(f"{r['path']:<40} unreadable: {r['error']}")
             continue
         mix = ", ".join(f"{t}×{n}" for t, n in r["quant_mix"].items())
+        ctx = r["context_length"] or ("LoRA" if r.get("type") == "lora" else "?")
         print(f"{r['path']:<40} {r['arch']:<8} {r['params'] / 1e6:7.1f}M {r['size'] / 2**20:7.1f}Mi "
-              f"{r['context_length'] or '?':>6}  {mix}")  # fmt: skip
+              f"{ctx:>6}  {mix}")  # fmt: skip
     return 0
 
 
@@ -254,7 +272,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.kv_cache_tokens:
         options["kv_cache_tokens"] = args.kv_cache_tokens
     options.update(_spec_options(args))
-    return serve(args.host, args.port, args.model or [], open_browser=args.open, **options)
+    loras = []
+    for spec in args.lora or []:
+        name, sep, path = spec.partition("=")
+        loras.append((name, path) if sep and name and path else (os.path.splitext(os.path.basename(spec))[0], spec))
+    return serve(args.host, args.port, args.model or [], open_browser=args.open, loras=loras, **options)
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -285,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="context length (default: the model's, at most 4096)")  # fmt: skip
     _sampling_flags(r)
     _spec_flags(r)
+    _lora_flags(r)
     r.set_defaults(func=_run)
 
     b = sub.add_parser("bench", help="model speed (load, prefill, decode), --kernels or --profile")
@@ -301,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="aggregate decode tok/s of N concurrent streams (batched), e.g. 1,2,4,8")  # fmt: skip
     b.add_argument("--json", action="store_true", help="machine-readable output")
     _spec_flags(b)  # with --draft or --lookup: decode with and without drafts, acceptance
+    _lora_flags(b)
     b.set_defaults(func=_bench)
 
     m = sub.add_parser("models", help="list GGUF files under folders")
@@ -327,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="allow cross-origin requests from ORIGIN ('*' for any; repeatable; default: none)")  # fmt: skip
     s.add_argument("--open", action="store_true", help="open the page in the default browser")
     _spec_flags(s)
+    s.add_argument("--lora", action="append", metavar="[NAME=]ADAPTER.gguf",
+                   help="serve a LoRA adapter over the model it fits as the model id NAME (default: the file stem); "
+                        "requests may also pick adapters with a 'lora' field (repeatable)")  # fmt: skip
     s.set_defaults(func=_serve)
 
     args = ap.parse_args(argv)

@@ -125,9 +125,10 @@ class Engine:
         for seq in admitted:
             if seq.sampling is not None:  # a resumed sequence continues its RNG stream and penalty window
                 self.sampler.reset_slot(seq.slot, seq.sampling, seq.token_ids, seq.n_generated)
-        ids, pos, slots, out_rows, entries, outs, dtok = [], [], [], [], [], [], []
+        ids, pos, slots, out_rows, entries, outs, dtok, lora = [], [], [], [], [], [], [], []
         for seq, n in sched:
             start, r0 = seq.n_computed, len(ids)
+            lora += [seq.lora] * n
             k = len(seq.draft) if seq.n_pending == 1 else 0
             ids += seq.token_ids[start : start + n - k] + seq.draft[:k]
             pos += range(start, start + n)
@@ -150,7 +151,7 @@ class Engine:
             if any(e.n_draft for e in entries):
                 self.sampler.set_drafts(dtok)
             extra = [self.sampler.dispatch(n_e)]
-        self.t.run(ids, pos, slots, out_rows, extra)
+        self.t.run(ids, pos, slots, out_rows, extra, lora if any(lora) else None)
         sampled = self.sampler.read_entries(len(entries)) if entries else []
         want_logits = any(s.scoring or s.logprobs for s, _, _, _ in outs)
         logits = self.t.read_logits(len(out_rows)) if want_logits else b""
@@ -160,7 +161,7 @@ class Engine:
             if seq.n_pending == 1 and seq.draft:  # verified below: only accepted tokens count as computed
                 continue
             seq.n_computed += n
-            blocks.commit(seq.table, seq.token_ids, seq.n_computed, seq.cache_salt)
+            blocks.commit(seq.table, seq.token_ids, seq.n_computed, seq.salt)
         now = time.perf_counter()
         row_bytes = 4 * self.n_vocab
         for seq, row, n, e in outs:
@@ -192,7 +193,7 @@ class Engine:
                 r = row + i
                 self._append(seq, tok, logits[r * row_bytes : (r + 1) * row_bytes] if seq.logprobs else None)
             if draft and seq.status is not Status.FINISHED:
-                blocks.commit(seq.table, seq.token_ids, seq.n_computed, seq.cache_salt)
+                blocks.commit(seq.table, seq.token_ids, seq.n_computed, seq.salt)
                 blocks.trim(seq.table, len(seq.token_ids))  # the blocks of rejected positions go back
         return True
 
@@ -256,6 +257,9 @@ class Engine:
     def _finish(self, seq: Sequence, reason: str, piece: str = "", tok: int | None = None,
                 error: BaseException | None = None, logits: bytes | None = None) -> None:  # fmt: skip
         self.scheduler.finish(seq)
+        release, seq.release = seq.release, None
+        if release is not None:  # its adapters' slots may be freed now
+            release()
         seq.finish_reason = seq.finish_reason or reason
         seq.error = error
         if reason != "abort" and error is None and seq.text is not None:

@@ -38,6 +38,7 @@ def describe(path: str) -> dict[str, Any]:
                 "context_length": md.get(f"{arch}.context_length"),
                 "quant_mix": dict(Counter(t.type.name for t in gf.tensors).most_common()),
                 "vocab_size": len(md.get("tokenizer.ggml.tokens", ())),
+                "type": md.get("adapter.type") if md.get("general.type") == "adapter" else "model",
             }
     except RealmError as e:
         return {"path": path, "error": str(e)}

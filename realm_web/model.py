@@ -21,12 +21,13 @@ from realm_web.engine import Engine
 from realm_web.errors import RealmError
 from realm_web.gguf import GGUFFile, open_gguf
 from realm_web.kv_cache import PagedKVCache
+from realm_web.lora import Adapter, Adapters, LoraError, LoraPool, read_adapter
 from realm_web.sampling import SamplingParams
 from realm_web.sequence import Event
 from realm_web.sequence import Sequence as _Seq
 from realm_web.speculative import DraftError, DraftModel, SpecConfig, check_compatible
 from realm_web.tokenizer import Tokenizer
-from realm_web.transformer import Transformer
+from realm_web.transformer import Transformer, bucket
 from realm_web.weights import DEFAULT_CHUNK, Progress, upload_gguf
 
 
@@ -85,11 +86,17 @@ class Model:
         draft_p_min: float = 0.8,
         ngram_n: int = 3,
         draft_greedy: bool = False,
+        lora: Sequence[str | GGUFFile | tuple[str | GGUFFile, float]] = (),
+        max_loras: int = 4,
+        max_lora_rank: int | None = None,
     ):
         """`owns_device`: close() also closes a `device` passed in (one opened for this model alone).
         Speculative decoding: `draft_model` (a path, URL or opened GGUF with this model's vocabulary) or
         `speculative="ngram"` (prompt lookup), with llama.cpp's `draft_max`, `draft_min`, `draft_p_min`; `ngram_n`
-        (the lookup's n-gram); `draft_greedy` drafts greedily even for sampling requests (llama.cpp's way)."""
+        (the lookup's n-gram); `draft_greedy` drafts greedily even for sampling requests (llama.cpp's way).
+        LoRA: `lora` adapters (paths, URLs or opened GGUFs, each maybe as (adapter, scale)) are loaded and used by
+        every request that names none; `max_loras` adapters may be loaded at once (0: no LoRA support), of rank up
+        to `max_lora_rank` (default: the largest of `lora`'s, at least 16)."""
         if n_parallel < 1 or block_size < 1 or max_batch < 1:
             raise RealmError(
                 f"n_parallel, block_size and max_batch must be >= 1: {n_parallel}, {block_size}, {max_batch}"
@@ -112,6 +119,7 @@ class Model:
             draft_gf = draft_model if isinstance(draft_model, GGUFFile) else open_gguf(draft_model)
             self.draft_config = Config.from_gguf(draft_gf)
             check_compatible(self.tokenizer, Tokenizer.from_gguf(draft_gf), cfg.n_vocab, self.draft_config.n_vocab)
+        adapters = self._read_adapters(lora, max_loras)  # checked before anything is uploaded
         upload = {"chunk_bytes": chunk_bytes, "max_binding": max_binding, "progress": progress}
         weights, vectors = _upload(dev, gf, **upload)
         self.kv = self._kv_cache(kv_cache_tokens, block_size)
@@ -123,6 +131,18 @@ class Model:
             self.draft = DraftModel(dev, self.draft_config, d_weights, d_vectors, self.kv, n_parallel, batch, spec,
                                     cfg.n_vocab, self.tokenizer.is_eog)  # fmt: skip
         self.speculative = spec
+        self.adapters: Adapters | None = None
+        self.default_lora: dict[str, float] = {}  # what requests that name no adapters use
+        if max_loras:
+            rank_cap = max_lora_rank or max([16] + [a.max_rank for a, _, _ in adapters])
+            pool = LoraPool(dev, weights, max_loras=max_loras, rank_cap=rank_cap, max_rows=bucket(batch),
+                            chunk_bytes=chunk_bytes, max_binding=max_binding)  # fmt: skip
+            self.transformer.lora, self.adapters = pool, Adapters(pool)
+            for adapter, scale, source in adapters:
+                self.default_lora[self.adapters.add(adapter, source)] = scale
+        for adapter, _, _ in adapters:  # their tensors are on the GPU now
+            if not any(adapter.gguf is (x[0] if isinstance(x, tuple) else x) for x in lora):
+                adapter.gguf.close()
         self.engine = Engine(dev, self.transformer, self.kv, self.tokenizer, n_ctx=self.n_ctx, n_parallel=n_parallel,
                              prefix_caching=prefix_caching, threaded=sys.platform != "emscripten", speculative=spec,
                              draft=self.draft)  # fmt: skip
@@ -141,6 +161,53 @@ class Model:
         max_blocks = -(-self.n_ctx // block_size)
         return PagedKVCache(self.device, c.n_layer, c.kv_dim, n_blocks, block_size, self.n_parallel, max_blocks)
 
+    # -- LoRA adapters ----------------------------------------------------------------------------------------
+    def _read_adapters(self, lora, max_loras: int) -> list[tuple[Adapter, float, str]]:
+        if isinstance(lora, str | GGUFFile):
+            lora = [lora]
+        if len(lora) > max_loras:
+            raise LoraError(f"{len(lora)} adapters given, but max_loras is {max_loras}")
+        out = []
+        for item in lora:
+            src, scale = item if isinstance(item, tuple) else (item, 1.0)
+            out.append((self._read_adapter(src), float(scale), str(src)))
+        return out
+
+    def _read_adapter(self, src: str | GGUFFile, name: str | None = None) -> Adapter:
+        gf = src if isinstance(src, GGUFFile) else open_gguf(src)
+        shapes = {t.name: t.shape for t in self.gguf.tensors if len(t.shape) >= 2}
+        return read_adapter(gf, self.config.arch, shapes, name)
+
+    def load_lora(self, path_or_url: str | GGUFFile, name: str | None = None) -> str:
+        """Load a LoRA adapter (llama.cpp's GGUF adapter format) without applying it; requests use it by name
+        (`lora={name: scale}`). Works while the model serves; returns the name (default: the file's
+        general.name, made unique)."""
+        if self.adapters is None:
+            raise LoraError("this model was loaded with max_loras=0: it takes no adapters")
+        adapter = self._read_adapter(path_or_url, name)
+        try:
+            with self.engine._step_lock:  # the pools change between steps, never under one
+                return self.adapters.add(adapter, str(path_or_url), name)
+        finally:
+            if not isinstance(path_or_url, GGUFFile):
+                adapter.gguf.close()
+
+    def unload_lora(self, name: str) -> None:
+        """Unload adapter `name`: new requests cannot use it; those using it finish with it, then its slot is
+        free for another adapter."""
+        if self.adapters is None:
+            raise LoraError("this model was loaded with max_loras=0: it takes no adapters")
+        with self.engine._step_lock:
+            self.adapters.remove(name)
+        self.default_lora.pop(name, None)
+
+    @property
+    def loras(self) -> dict[str, dict[str, Any]]:
+        """The loaded adapters by name: alpha, rank, targets, source, requests using it, default scale."""
+        if self.adapters is None:
+            return {}
+        return {n: {**lo.info(), "default_scale": self.default_lora.get(n)} for n, lo in self.adapters.by_name.items()}
+
     # -- text <-> ids -----------------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         return self.tokenizer.tokenize(text, add_special=add_special, parse_special=parse_special)
@@ -149,20 +216,21 @@ class Model:
         return self.tokenizer.detokenize(ids)
 
     # -- scoring ----------------------------------------------------------------------------------------------
-    def logits_bytes(self, ids: Sequence[int]) -> bytes:
+    def logits_bytes(self, ids: Sequence[int], lora: Mapping[str, float] | None = None) -> bytes:
         """Teacher-forced logits at every position as raw little-endian f32 [len(ids), n_vocab] (no numpy:
-        this is what the browser returns). Runs through the engine beside any other request."""
+        this is what the browser returns). Runs through the engine beside any other request; `lora` as for
+        generate()."""
         ids = self._check_prompt(ids, 0)
-        stream = Generation(self, Request(ids, None, 0))
+        stream = Generation(self, Request(ids, None, 0, lora=lora))
         for _ in stream:
             pass
         return b"".join(stream.seq.logits)
 
-    def logits(self, ids: Sequence[int]):
+    def logits(self, ids: Sequence[int], lora: Mapping[str, float] | None = None):
         """Teacher-forced logits at every position: numpy float32 [len(ids), n_vocab] (needs numpy)."""
         import numpy as np
 
-        return np.frombuffer(self.logits_bytes(ids), np.float32).reshape(len(ids), self.config.n_vocab)
+        return np.frombuffer(self.logits_bytes(ids, lora), np.float32).reshape(len(ids), self.config.n_vocab)
 
     # -- generation -------------------------------------------------------------------------------------------
     def _check_prompt(self, ids: Sequence[int], max_tokens: int) -> list[int]:
@@ -198,6 +266,7 @@ class Model:
         parse_special: bool = False,
         logprobs: bool = False,
         speculative: bool = True,
+        lora: Mapping[str, float] | None = None,
     ) -> Request:
         """A checked request (what generate, agenerate and generate_batch submit): bad input fails here."""
         sp = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
@@ -205,13 +274,17 @@ class Model:
         ids = self._check_prompt(ids, max_tokens)
         if isinstance(stop, str):
             stop = [stop]
-        return Request(ids, sp, int(max_tokens), [str(s) for s in stop], cache_salt, ignore_eos, logprobs, speculative)
+        if lora is not None and not isinstance(lora, Mapping):
+            raise LoraError(f"lora must map adapter names to scales, got {type(lora).__name__}")
+        return Request(ids, sp, int(max_tokens), [str(s) for s in stop], cache_salt, ignore_eos, logprobs, speculative,
+                       None if lora is None else dict(lora))  # fmt: skip
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **options: Any) -> Generation:
         """Stream the continuation of `prompt` (text, or token ids) piece by piece as tokens are produced.
         Calls from several threads at once are decoded together. Options: temperature, top_k, top_p, min_p,
         repeat_penalty, repeat_last_n, seed, stop, cache_salt, ignore_eos, add_special, parse_special, logprobs,
-        speculative (False: no draft tokens for this request on a speculative model). The
+        speculative (False: no draft tokens for this request on a speculative model), lora ({name: scale} of
+        loaded adapters; default: those given to load(), {} for none). The
         returned stream's `usage` (also `model.last_usage`) fills in as it runs."""
         g = Generation(self, self.request(prompt, max_tokens, **options))
         self.last_usage = g.usage
@@ -257,6 +330,24 @@ class Model:
         isolated from every other session. `options` are the defaults of its turns (generate()'s)."""
         return Session(self, system, cache_salt, options)
 
+    def submit(self, seq: _Seq, lora: Mapping[str, float] | None = None) -> None:
+        """Hand a built sequence to the engine with its adapters ({name: scale}; None: the defaults), which stay
+        loaded until it ends."""
+        choice = lora if lora is not None else self.default_lora
+        if choice:
+            adapters = self.adapters
+            if adapters is None:
+                raise LoraError("this model was loaded with max_loras=0: it takes no adapters")
+            seq.lora, seq.lora_key, used = adapters.acquire(choice)
+            seq.release = lambda: adapters.release(used)
+        try:
+            self.engine.submit(seq)
+        except BaseException:
+            release, seq.release = seq.release, None
+            if release is not None:
+                release()
+            raise
+
     def stats(self) -> dict[str, Any]:
         """The engine's counters: waiting and running sequences, KV blocks used/free/cached, prefix-cache hits."""
         return self.engine.stats()
@@ -297,18 +388,22 @@ class Request:
     ignore_eos: bool = False
     logprobs: bool = False  # each event carries the logits row its token was sampled from
     speculative: bool = True  # draft tokens for it when the model decodes speculatively
+    lora: dict[str, float] | None = None  # adapters by name and scale (None: the model's default ones)
 
 
 class _Stream:
     """A request submitted to the engine, and its usage as of the events its caller has consumed."""
 
     def __init__(self, model: Model, req: Request, emit: Callable[[Event], None], text: bool = True):
-        self.model, self.usage, self._n = model, {}, 0
+        self.model, self.usage, self._n, self.req_lora = model, {}, 0, req.lora
         self.seq = _Seq(req.ids, req.sampling, req.max_tokens, emit, req.stop, req.cache_salt, req.ignore_eos,
                         req.logprobs, req.speculative)  # fmt: skip
         if text and req.sampling is not None:
             self.seq.text = TextStream(model.tokenizer, req.stop)
         self._update(None)
+
+    def _submit(self) -> None:
+        self.model.submit(self.seq, self.req_lora)
 
     def _update(self, ev: Event | None) -> None:
         """Usage as of `ev` (the engine thread may already be further on)."""
@@ -330,7 +425,7 @@ class Generation(_Stream):
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         super().__init__(model, req, self._events.put, text)
         self._it: Iterator[str] | None = None
-        model.engine.submit(self.seq)
+        self._submit()
         self._done = False
 
     def _next_event(self) -> Event:
@@ -395,7 +490,7 @@ class AsyncGeneration(_Stream):
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue = asyncio.Queue()
         super().__init__(model, req, self._emit)
-        model.engine.submit(self.seq)
+        self._submit()
 
     def _emit(self, ev: Event) -> None:
         self._loop.call_soon_threadsafe(self._events.put_nowait, ev)
@@ -507,7 +602,8 @@ def load(path_or_url: str, *, progress: Callable[[int, int], None] | None = None
     (tokens per KV block, 16), max_batch (tokens per step: the chunk a prompt is prefilled in), prefix_caching
     (True), chat_template (a built-in name or Jinja source), max_binding (force weight splitting), chunk_bytes;
     speculative decoding: draft_model (path or URL), or speculative="ngram", with draft_max (16), draft_min (0),
-    draft_p_min (0.8), ngram_n (3), draft_greedy (False)."""
+    draft_p_min (0.8), ngram_n (3), draft_greedy (False); LoRA: lora (adapters used by default: paths or URLs,
+    each maybe as (path, scale)), max_loras (4), max_lora_rank."""
     return Model(open_gguf(path_or_url), progress=progress, **options)
 
 

@@ -6,6 +6,9 @@ A record (the JS SDK's `appConfig.models` entries, `js/src/builtin-models.json`,
     {"id", "url" (or "urls", tried in order), "sha256", "size", "architecture", "quant", "context_length",
      "estimated_gpu_memory", "required_features"}
 
+and for a LoRA adapter (`engine.loadLora`): {"id", "url", "sha256", "size", "type": "lora", "architecture",
+"quant", "rank", "alpha", "base_models" (the ids of the models it was made for)}.
+
 Everything but the hash comes from the GGUF header; tensor data is read only to hash the file.
 """
 
@@ -57,12 +60,26 @@ def estimate_gpu_memory(gf: GGUFFile, cfg: Config, n_ctx: int) -> int:
 
 
 def record_for(path: str | os.PathLike[str], *, id: str | None = None, url: str | None = None,
-               draft_for: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+               draft_for: list[str] | None = None, base_models: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The registry record of a local GGUF file. `id` defaults to the file's stem, `url` to its name (resolved
-    by the SDK against its model base URL); `draft_for`: the ids of the models it is a draft for. Raises
-    GGUFError for a file realm_web cannot run."""
+    by the SDK against its model base URL); `draft_for`: the ids of the models it is a draft for; `base_models`
+    (a LoRA adapter): the ids of the models it applies to. Raises GGUFError for a file realm_web cannot run."""
     name = os.path.basename(os.fspath(path))
     with open_gguf(path) as gf:
+        if gf.metadata.get("general.type") == "adapter":
+            ranks = [t.shape[1] for t in gf.tensors if t.name.endswith(".lora_a") and len(t.shape) == 2]
+            return {
+                "id": id or os.path.splitext(name)[0],
+                "url": url or name,
+                "sha256": sha256_file(path),
+                "size": gf.file_size,
+                "type": gf.metadata.get("adapter.type"),
+                "architecture": gf.metadata.get("general.architecture"),
+                "quant": main_quant(gf),
+                "rank": max(ranks, default=0),
+                "alpha": gf.metadata.get("adapter.lora.alpha", 0.0),
+                "base_models": list(base_models or []),
+            }
         cfg = Config.from_gguf(gf)
         record = {
             "id": id or os.path.splitext(name)[0],
@@ -86,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    from realm_web.cli import bundled_draft, bundled_model
+    from realm_web.cli import bundled_draft, bundled_lora, bundled_model
 
     paths = sys.argv[1:] if argv is None else argv
     if paths:
         records = [record_for(p) for p in paths]
-    else:  # the built-in registry: the bundled model and its draft
+    else:  # the built-in registry: the bundled model, its draft and its adapter
         target = record_for(bundled_model())
-        records = [target, record_for(bundled_draft(), draft_for=[target["id"]])]
+        records = [target, record_for(bundled_draft(), draft_for=[target["id"]]),
+                   record_for(bundled_lora(), base_models=[target["id"]])]  # fmt: skip
     print(json.dumps(records, indent=2))
     return 0
 

@@ -58,10 +58,10 @@ class Scheduler:
         while self.waiting and budget > 0 and self.free_slots:
             seq = self.waiting[0]
             use_cache = self.prefix_caching and not seq.scoring
-            if not self.blocks.can_allocate(seq.token_ids, seq.cache_salt, use_cache):
+            if not self.blocks.can_allocate(seq.token_ids, seq.salt, use_cache):
                 break
             self.waiting.popleft()
-            seq.table, cached = self.blocks.allocate(seq.token_ids, seq.cache_salt, use_cache)
+            seq.table, cached = self.blocks.allocate(seq.token_ids, seq.salt, use_cache)
             if seq.n_preempted == 0:
                 seq.n_cached = cached
             seq.n_computed = seq.draft_done = cached  # a draft model's KV mirrors the target's blocks

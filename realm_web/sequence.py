@@ -36,6 +36,9 @@ class Sequence:
     ignore_eos: bool = False
     logprobs: bool = False  # hand each sampled token's logits row to the consumer (Event.logits)
     speculate: bool = True  # draft tokens for it when the model decodes speculatively
+    lora: tuple[tuple[int, float], ...] = ()  # its adapters: (pool slot, scale) each
+    lora_key: str = ""  # names exactly those adapters and scales: part of its prefix-cache salt
+    release: Callable[[], None] | None = None  # called once when it finishes (gives back its adapters)
     id: int = field(default_factory=lambda: next(_ids))
     token_ids: list[int] = field(init=False)
     status: Status = Status.WAITING
@@ -63,6 +66,12 @@ class Sequence:
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_ids)
+
+    @property
+    def salt(self) -> str | None:
+        """What its KV blocks are hashed with: the tenant's cache_salt and, with adapters, which ones (a prefix
+        computed through other adapters, or none, holds other keys and values)."""
+        return f"{self.cache_salt or ''}\x00lora:{self.lora_key}" if self.lora else self.cache_salt
 
     @property
     def n_prompt(self) -> int:

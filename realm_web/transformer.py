@@ -25,6 +25,7 @@ from realm_web.kernels.matmul import get_rows, matmul_batch
 from realm_web.kernels.norm import rms_norm
 from realm_web.kernels.rope import rope
 from realm_web.kv_cache import PagedKVCache
+from realm_web.lora import LoraPool
 from realm_web.quants import BY_NAME
 from realm_web.weights import Weight, WeightPart
 
@@ -93,8 +94,9 @@ class Transformer:
         self.logits = buf(4 * b * c.n_vocab, "logits")  # [n_out, n_vocab]
         # xn seen as an f32 table, so get_rows gathers the output rows
         self._xn_rows = Weight("xn", BY_NAME["F32"], (c.n_embd, b), [WeightPart(self.xn, 0, b)])
-        self._steps: dict[tuple[int, int, int], Step] = {}
+        self._steps: dict[tuple[int, int, int, int], Step] = {}
         self.lanes = [Inputs(self.ids, self.tok, self.out_rows)]
+        self.lora: LoraPool | None = None  # adapters (set by the model): steps that select some add their products
 
     def add_lane(self, ids: Buffer) -> int:
         """A lane whose token ids are read from `ids` (positions and output rows its own); returns its index."""
@@ -105,16 +107,22 @@ class Transformer:
         return j
 
     # -- recording ----------------------------------------------------------------------------------------------
-    def _linear(self, name: str, x: Buffer, y: Buffer, n_tok: int) -> list[Dispatch]:
-        # one kernel family for every step size, so a token's row never depends on what it is batched with
-        return matmul_batch(self.dev, self.w[name], x, y, n_tok)
+    def _linear(
+        self, name: str, x: Buffer, y: Buffer, n_tok: int, lora: bool, out_rows: bool = False
+    ) -> list[Dispatch]:
+        # one kernel family for every step size, so a token's row never depends on what it is batched with; the
+        # adapters' products are added after it (a token that selects none keeps the base product bitwise)
+        ds = matmul_batch(self.dev, self.w[name], x, y, n_tok)
+        if lora and self.lora is not None:
+            ds += self.lora.apply(name, x, y, n_tok, out_rows=out_rows)
+        return ds
 
-    def _layer(self, i: int, n: int, inp: Inputs) -> list[Dispatch]:
+    def _layer(self, i: int, n: int, inp: Inputs, lora: bool) -> list[Dispatch]:
         dev, c, p, kv = self.dev, self.cfg, f"blk.{i}.", self.kv
         ds = [rms_norm(dev, self.x, self.vec[p + "attn_norm.weight"], self.xn, n, c.n_embd, c.rms_eps)]
         qkv = (("attn_q", self.q, c.q_dim), ("attn_k", self.k, c.kv_dim), ("attn_v", self.v, c.kv_dim))
         for proj, out, width in qkv:
-            ds += self._linear(p + proj + ".weight", self.xn, out, n)
+            ds += self._linear(p + proj + ".weight", self.xn, out, n, lora)
             bias = self.vec.get(p + proj + ".bias")
             if bias is not None:
                 ds.append(add(dev, out, bias, out, n * width, width=width))
@@ -125,47 +133,51 @@ class Transformer:
                            kv.block_size, kv.max_blocks))  # fmt: skip
         ds.append(flash_attn(dev, self.q, kv.k[i], kv.v[i], inp.tok, kv.table, self.attn, n, c.n_head, c.n_head_kv,
                              c.head_dim, kv.block_size, kv.max_blocks, 1.0 / math.sqrt(c.head_dim)))  # fmt: skip
-        ds += self._linear(p + "attn_output.weight", self.attn, self.o, n)
+        ds += self._linear(p + "attn_output.weight", self.attn, self.o, n, lora)
         ds.append(add(dev, self.x, self.o, self.x, n * c.n_embd))
         ds.append(rms_norm(dev, self.x, self.vec[p + "ffn_norm.weight"], self.xn, n, c.n_embd, c.rms_eps))
-        ds += self._linear(p + "ffn_gate.weight", self.xn, self.gate, n)
-        ds += self._linear(p + "ffn_up.weight", self.xn, self.up, n)
+        ds += self._linear(p + "ffn_gate.weight", self.xn, self.gate, n, lora)
+        ds += self._linear(p + "ffn_up.weight", self.xn, self.up, n, lora)
         ds.append(swiglu(dev, self.gate, self.up, self.h, n, c.n_ff))
-        ds += self._linear(p + "ffn_down.weight", self.h, self.o, n)
+        ds += self._linear(p + "ffn_down.weight", self.h, self.o, n, lora)
         ds.append(add(dev, self.x, self.o, self.x, n * c.n_embd))
         return ds
 
-    def _record(self, n: int, n_out: int, lane: int) -> Step:
+    def _record(self, n: int, n_out: int, lane: int, lora: bool) -> Step:
         dev, c, inp = self.dev, self.cfg, self.lanes[lane]
         ds = get_rows(dev, self.w["token_embd.weight"], inp.ids, self.x, n)
         for i in range(c.n_layer):
-            ds += self._layer(i, n, inp)
+            ds += self._layer(i, n, inp, lora)
         if n_out:  # a step of prompt chunks that sample nothing stops at the last layer
             ds.append(rms_norm(dev, self.x, self.vec["output_norm.weight"], self.xn, n, c.n_embd, c.rms_eps))
             ds += get_rows(dev, self._xn_rows, inp.out_rows, self.xs, n_out)
             head = self.w["token_embd.weight" if c.tied_output else "output.weight"]
-            ds += self._linear(head.name, self.xs, self.logits, n_out)
+            ds += self._linear(head.name, self.xs, self.logits, n_out, lora, out_rows=True)
         return Step(n, n_out, ds)
 
-    def step(self, n: int, n_out: int, lane: int = 0) -> Step:
-        key = (n, n_out, lane)
+    def step(self, n: int, n_out: int, lane: int = 0, lora: bool = False) -> Step:
+        """The recorded step for this shape; `lora`: the one that adds the selected adapters' products (recorded
+        again whenever the adapter pools change)."""
+        key = (n, n_out, lane, self.lora.version if lora and self.lora is not None else -1)
         s = self._steps.get(key)
         if s is None:
-            s = self._steps[key] = self._record(n, n_out, lane)
+            s = self._steps[key] = self._record(n, n_out, lane, lora)
         return s
 
     # -- running ------------------------------------------------------------------------------------------------
-    def run(self, ids: list[int], positions: list[int], slots: list[int], out_rows: list[int], extra=()) -> int:
+    def run(self, ids: list[int], positions: list[int], slots: list[int], out_rows: list[int], extra=(),
+            lora: list | None = None) -> int:  # fmt: skip
         """Submit one step for len(ids) ≤ max_batch tokens (plus `extra` dispatches, e.g. sampling, in the same
         submission); `out_rows` (≥ 1) are the rows whose logits are wanted, in the order they land in
-        `self.logits`. Returns the number of logits rows the step computed (len(out_rows) rounded up to its
-        bucket: `extra` dispatches take that many rows)."""
-        dispatches, ob = self.encode(ids, positions, slots, out_rows)
+        `self.logits`. `lora`: each token's adapters, ((slot, scale), ...) per row, or None. Returns the number of
+        logits rows the step computed (len(out_rows) rounded up to its bucket: `extra` dispatches take that many
+        rows)."""
+        dispatches, ob = self.encode(ids, positions, slots, out_rows, lora=lora)
         self.dev.submit(dispatches + list(extra))
         return ob
 
     def encode(self, ids: list[int] | None, positions: list[int], slots: list[int], out_rows: list[int],
-               lane: int = 0) -> tuple[list[Dispatch], int]:  # fmt: skip
+               lane: int = 0, lora: list | None = None) -> tuple[list[Dispatch], int]:  # fmt: skip
         """Write a step's inputs into lane `lane` and return its dispatches (to submit, maybe with others) and its
         output-row count. `ids` None: the lane's ids buffer already holds them (written on the GPU)."""
         n, n_out = len(positions), len(out_rows)
@@ -179,7 +191,12 @@ class Transformer:
         self.dev.write(inp.tok, struct.pack(f"<{2 * nb}I", *meta))
         if ob:
             self.dev.write(inp.out_rows, struct.pack(f"<{ob}I", *out_rows, *[out_rows[-1]] * (ob - n_out)))
-        return self.step(nb, ob, lane).dispatches, ob
+        with_lora = lora is not None and any(lora)
+        if with_lora:
+            if self.lora is None or lane:
+                raise ValueError("adapters need a LoRA pool, on lane 0")
+            self.lora.write_sel(lora, out_rows, nb, ob)
+        return self.step(nb, ob, lane, with_lora).dispatches, ob
 
     def read_logits(self, n_rows: int) -> bytes:
         """Raw f32 logits of the last step: the first `n_rows` rows of n_vocab."""

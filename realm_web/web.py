@@ -55,6 +55,15 @@ class JSSource:
         return check_length(data, offset, length, self.name)
 
 
+def _lora(value: Any) -> dict[str, float] | None:
+    """A request's `lora`: [{id, scale}] (the SDK's form) or {name: scale}; None: the model's defaults."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return {str(x["id"]): float(x.get("scale", 1.0)) for x in value}
+    return dict(value)
+
+
 def _usage(seq: Sequence) -> dict[str, Any]:
     """A finished request's usage record, with its timings."""
     u = seq.usage()
@@ -100,10 +109,11 @@ class WebModel:
         given = {k: req[k] for k in _SAMPLING_KEYS if req.get(k) is not None}
         given.setdefault("seed", random.getrandbits(32))  # as OpenAI's API: no seed, a different draw each time
         stop = [str(s) for s in req.get("stop") or ()]
-        r = m.request(prompt, int(req.get("max_tokens") or 256), stop=stop, cache_salt=req.get("cache_salt"), **given)
+        r = m.request(prompt, int(req.get("max_tokens") or 256), stop=stop, cache_salt=req.get("cache_salt"),
+                      lora=_lora(req.get("lora")), **given)  # fmt: skip
         seq = Sequence(r.ids, r.sampling, r.max_tokens, lambda ev: self._event(ev, on_event), r.stop, r.cache_salt)
         seq.text = TextStream(m.tokenizer, r.stop)
-        m.engine.submit(seq)
+        m.submit(seq, r.lora)
         self._requests[seq.id] = seq
         return seq.id
 
@@ -138,9 +148,20 @@ class WebModel:
         """The engine's counters (waiting, running, KV blocks, prefix-cache hits)."""
         return _js(self.model.stats())
 
-    def logits(self, ids: Any) -> Any:
-        """Teacher-forced logits: a Uint8Array of little-endian f32 [len(ids), n_vocab]."""
-        return to_js(self.model.logits_bytes([int(i) for i in _py(ids)]))
+    def logits(self, ids: Any, lora: Any = None) -> Any:
+        """Teacher-forced logits: a Uint8Array of little-endian f32 [len(ids), n_vocab]; `lora` as in submit."""
+        return to_js(self.model.logits_bytes([int(i) for i in _py(ids)], _lora(_py(lora))))
+
+    def load_lora(self, read: Any, size: int, name: Any = None) -> str:
+        """Stream a LoRA adapter's GGUF (read like a model) to the GPU beside the model; returns its name."""
+        return self.model.load_lora(read_gguf(JSSource(read, size, "<adapter>")), _py(name))
+
+    def unload_lora(self, name: str) -> None:
+        self.model.unload_lora(str(name))
+
+    def loras(self) -> Any:
+        """The loaded adapters by name (alpha, rank, targets, requests using each)."""
+        return _js(self.model.loras)
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> Any:
         return _js(self.model.tokenize(str(text), bool(add_special), bool(parse_special)))
@@ -152,16 +173,18 @@ class WebModel:
         return self.model.chat_template.render(_py(messages), add_generation_prompt=True)
 
     def bench(self, n_prompt: int = 64, n_gen: int = 64, prompt: Any = None, n_streams: Any = None,
-              speculative: Any = None) -> Any:  # fmt: skip
+              speculative: Any = None, lora: Any = None) -> Any:  # fmt: skip
         """`realm-web bench`'s measurement, in the browser: prefill and decode tokens/s (greedy, EOS ignored).
         `prompt`: a JS array of token ids to prefill exactly (default: bench_model's fixed prompt of `n_prompt`).
         `n_streams`: instead, the aggregate decode tokens/s of that many concurrent streams (bench_batched).
-        `speculative` ({temperature}): instead, decode with and without the engine's drafts (bench_speculative)."""
+        `speculative` ({temperature}): instead, decode with and without the engine's drafts (bench_speculative).
+        `lora` (with `n_streams`): each stream's adapters, a list of [{id, scale}] cycled over the streams."""
         spec = _py(speculative)
         if spec is not None:
             return _js(bench_speculative(self.model, n_gen=int(n_gen), temperature=float(spec.get("temperature", 0))))
         if _py(n_streams) is not None:
-            return _js(bench_batched(self.model, int(n_streams), int(n_prompt), int(n_gen)))
+            per_stream = [_lora(x) or {} for x in _py(lora) or []]
+            return _js(bench_batched(self.model, int(n_streams), int(n_prompt), int(n_gen), per_stream or None))
         ids = _py(prompt)
         ids = [int(i) for i in ids] if ids is not None else None
         return _js(bench_model(self.model, int(n_prompt), int(n_gen), prompt=ids))
@@ -174,11 +197,12 @@ def load(read: Any, size: int, progress: Any = None, options: Any = None, draft_
          draft_size: int = 0) -> WebModel:  # fmt: skip
     """Parse the GGUF behind `read`, open the browser's WebGPU device and stream the weights into it.
     `progress(phase, done, total)` reports the upload; options: n_ctx, max_batch, chat_template, n_parallel,
-    kv_cache_tokens, features, and speculative decoding's speculative ("ngram"), draft_max, draft_min,
-    draft_p_min, ngram_n, draft_greedy. `draft_read` / `draft_size`: a draft model's GGUF, read the same way."""
+    kv_cache_tokens, features, max_loras, max_lora_rank, and speculative decoding's speculative ("ngram"),
+    draft_max, draft_min, draft_p_min, ngram_n, draft_greedy. `draft_read` / `draft_size`: a draft model's
+    GGUF, read the same way."""
     given = {k: v for k, v in (_py(options) or {}).items() if v is not None}
     keys = ("n_ctx", "max_batch", "chat_template", "n_parallel", "kv_cache_tokens", "speculative", "draft_max",
-            "draft_min", "draft_p_min", "ngram_n", "draft_greedy")  # fmt: skip
+            "draft_min", "draft_p_min", "ngram_n", "draft_greedy", "max_loras", "max_lora_rank")  # fmt: skip
     opts = {k: v for k, v in given.items() if k in keys}
     gf = read_gguf(JSSource(read, size))
     if _py(draft_read) is not None:

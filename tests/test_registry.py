@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from gguf import GGUFReader
 
-from realm_web.cli import bundled_draft, bundled_model
+from realm_web.cli import bundled_draft, bundled_lora, bundled_model
 from realm_web.errors import GGUFError
 from realm_web.registry import record_for
 
@@ -98,3 +98,8 @@ def test_sdk_builtin_record_is_current():
     draft = records["realm-tiny-facts-draft"]
     want = record_for(bundled_draft(), draft_for=["realm-tiny-facts"])
     assert {k: draft.get(k) for k in want if k != "url"} == {k: v for k, v in want.items() if k != "url"}
+    # and its demo LoRA adapter (engine.loadLora), a record of type "lora" naming its base
+    lora = records["realm-tiny-facts-lora-fiction"]
+    want = record_for(bundled_lora(), base_models=["realm-tiny-facts"])
+    assert {k: lora.get(k) for k in want if k != "url"} == {k: v for k, v in want.items() if k != "url"}
+    assert want["type"] == "lora" and want["rank"] == 8 and want["alpha"] == 16.0 and want["quant"] == "F16"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from realm_web import cli
-from realm_web.cli import bundled_model
+from realm_web.cli import bundled_lora, bundled_model
 from realm_web.registry import record_for
 from realm_web.server import Files, ServeError, make_server, parse_range
 from realm_web.server import app as server_app
@@ -227,6 +227,7 @@ def test_registry_lists_the_bundled_model(client):
     assert json.loads(body) == [
         record_for(BUNDLED, url="/models/realm-tiny-facts.gguf"),
         record_for(draft, url="/models/realm-tiny-facts-draft.gguf", draft_for=["realm-tiny-facts"]),
+        record_for(bundled_lora(), url="/models/realm-tiny-facts-lora-fiction.gguf", base_models=["realm-tiny-facts"]),
     ]
 
 
@@ -239,9 +240,10 @@ def test_extra_and_bad_models(tmp_path):
     for server in _running(root=root, models=[extra, broken]):
         c = Client(server)
         records = json.loads(c.request("/models/registry.json")[1])
-        assert [r["id"] for r in records] == ["realm-tiny-facts", "realm-tiny-facts-draft", "my-model", "broken"]
-        assert records[2] == record_for(extra, url="/models/my-model.gguf")
-        assert records[3]["url"] == "/models/broken.gguf" and records[3]["size"] == 64 and records[3]["error"]
+        assert [r["id"] for r in records] == ["realm-tiny-facts", "realm-tiny-facts-draft",
+                                              "realm-tiny-facts-lora-fiction", "my-model", "broken"]  # fmt: skip
+        assert records[3] == record_for(extra, url="/models/my-model.gguf")
+        assert records[4]["url"] == "/models/broken.gguf" and records[4]["size"] == 64 and records[4]["error"]
         assert c.request("/models/my-model.gguf")[1] == extra.read_bytes()
         assert c.request("/models/broken.gguf")[1] == broken.read_bytes()
 

@@ -4,15 +4,31 @@
 
 import { abortedBeforeStart } from "./client.js";
 import { DeviceLostError, RealmError } from "./errors.js";
+import { resolveModel } from "./registry.js";
 
 const dropEmpty = (o) => Object.fromEntries(Object.entries(o).filter(([, v]) => v != null));
 const stopList = (stop) => (stop == null ? undefined : Array.isArray(stop) ? stop.map(String) : [String(stop)]);
 
+/** `lora: [{id, scale}]` as the Python request takes it (checked here, so a typo fails before any work). */
+function loraList(lora) {
+  if (lora == null) return undefined;
+  const bad = (msg) => new RealmError(msg, { code: "invalid_request" });
+  if (!Array.isArray(lora)) throw bad("lora must be an array of {id, scale}");
+  return lora.map((x, i) => {
+    if (typeof x?.id !== "string" || !x.id) throw bad(`lora[${i}] needs a string id (the name loadLora returned)`);
+    const scale = x.scale ?? 1;
+    if (typeof scale !== "number" || !Number.isFinite(scale)) throw bad(`lora[${i}].scale must be a finite number`);
+    return { id: x.id, scale };
+  });
+}
+
 /** A loaded model. Create one with `createEngine`. */
 export class Engine {
   /** @internal */
-  constructor(client, record, loaded) {
+  constructor(client, record, loaded, { appConfig = {}, useCache = true } = {}) {
     this._client = client;
+    this._appConfig = appConfig;
+    this._useCache = useCache;
     this._queue = Promise.resolve();
     this._current = new Set(); // {ctrl: AbortController} of each generation in flight
     this._dead = null; // the error every later call fails with (device lost, unloaded)
@@ -108,13 +124,51 @@ export class Engine {
    * @param {import("./index.js").GenerateOptions} [options]
    * @returns {Promise<{text: string, finishReason: "stop"|"length", usage: object}>}
    */
-  generate(prompt, { maxTokens, temperature, topP, topK, minP, repeatPenalty, seed, stop, onToken, signal } = {}) {
+  generate(prompt, { maxTokens, temperature, topP, topK, minP, repeatPenalty, seed, stop, lora, onToken, signal } = {}) {
     if (typeof prompt !== "string") return Promise.reject(new RealmError("generate(prompt): prompt must be a string"));
-    const request = dropEmpty({
-      prompt, max_tokens: maxTokens, temperature, top_p: topP, top_k: topK, min_p: minP, repeat_penalty: repeatPenalty,
-      seed, stop: stopList(stop),
-    });
+    let request;
+    try {
+      request = dropEmpty({
+        prompt, max_tokens: maxTokens, temperature, top_p: topP, top_k: topK, min_p: minP, repeat_penalty: repeatPenalty,
+        seed, stop: stopList(stop), lora: loraList(lora),
+      });
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return this._generate(request, { onToken, signal });
+  }
+
+  /**
+   * Load a LoRA adapter (a registry id of a record with `type: "lora"`, or a .gguf URL) beside the model: it is
+   * downloaded and cached like a model, checked against the model, and streamed to the GPU. Requests then use
+   * it by name: `chat.completions.create({messages, lora: [{id: name, scale: 1}]})`. Works while generating.
+   * @param {string} idOrUrl
+   * @param {{name?: string, onProgress?: (report: object) => void}} [options] `name` defaults to the record's id
+   * @returns {Promise<string>} the adapter's name
+   */
+  async loadLora(idOrUrl, { name, onProgress } = {}) {
+    const record = await resolveModel(idOrUrl, this._appConfig);
+    if (record.type != null && record.type !== "lora") {
+      throw new RealmError(`"${record.id}" is a model, not a LoRA adapter (its record has type "${record.type}")`, { code: "invalid_request" });
+    }
+    if (record.type == null && record.sha256) {
+      throw new RealmError(`"${record.id}" is a model, not a LoRA adapter (its record has no type "lora")`, { code: "invalid_request" });
+    }
+    const bases = record.base_models ?? [];
+    if (bases.length && this.modelRecord.sha256 && !bases.includes(this.modelId)) {
+      throw new RealmError(`adapter "${record.id}" is made for ${bases.join(", ")}, not for "${this.modelId}"`, { code: "invalid_request" });
+    }
+    return this._enqueue("loadLora", { record, name: name ?? null, useCache: this._useCache }, { onProgress });
+  }
+
+  /** Unload an adapter by name: new requests cannot use it; those using it finish with it. */
+  unloadLora(name) {
+    return this._enqueue("unloadLora", { name });
+  }
+
+  /** The loaded adapters by name: {alpha, rank, targets, in_use, source}. */
+  listLoras() {
+    return this._enqueue("loras", {});
   }
 
   /** @internal */
@@ -217,8 +271,8 @@ export class Engine {
    * @param {number[]} ids
    * @returns {Promise<Float32Array[]>}
    */
-  async logits(ids) {
-    const { data, nVocab } = await this._enqueue("logits", { ids: Array.from(ids) });
+  async logits(ids, { lora } = {}) {
+    const { data, nVocab } = await this._enqueue("logits", { ids: Array.from(ids), lora: loraList(lora) ?? null });
     const rows = [];
     for (let i = 0; i < data.length; i += nVocab) rows.push(data.subarray(i, i + nVocab));
     return rows;
@@ -232,12 +286,14 @@ export class Engine {
    * `nPrompt`-token prompt) instead: {n_streams, decode_tok_s, per_stream_tok_s, ttft_s, ...}.
    * With `speculative: {temperature}` (an engine made with `draftModel` or `speculative`), decode tokens/s with
    * and without the drafts, the acceptance rate and the mean accepted length instead (as `realm-web bench --draft`).
+   * With `nStreams` and `lora` (a list of per-stream selections [{id, scale}], cycled), the streams use those adapters.
    * @param {{nPrompt?: number, nGen?: number, promptIds?: ArrayLike<number>, nStreams?: number, speculative?: {temperature?: number}}} [options]
    * @returns {Promise<{model: string, adapter: string, n_prompt: number, ttft_s: number, prefill_tok_s: number, n_gen: number, decode_tok_s: number}>}
    */
-  benchmark({ nPrompt = 64, nGen = 64, promptIds, nStreams, speculative } = {}) {
+  benchmark({ nPrompt = 64, nGen = 64, promptIds, nStreams, speculative, lora } = {}) {
     const ids = promptIds == null ? null : Array.from(promptIds, Number);
-    return this._enqueue("bench", { nPrompt: ids ? ids.length : nPrompt, nGen, promptIds: ids, nStreams, speculative });
+    const perStream = lora == null ? null : lora.map((x) => loraList(x) ?? []);
+    return this._enqueue("bench", { nPrompt: ids ? ids.length : nPrompt, nGen, promptIds: ids, nStreams, speculative, lora: perStream });
   }
 
   /** Load timings, the adapter and the usage of the last request. */
@@ -310,5 +366,6 @@ export function chatRequest(p) {
     seed: p.seed,
     stop: stopList(p.stop),
     cache_salt: p.cache_salt,
+    lora: loraList(p.lora),
   });
 }

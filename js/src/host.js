@@ -149,10 +149,28 @@ export class Host {
       return { text, finishReason, usage };
     },
 
-    /** {ids} -> {data: Float32Array [ids.length * nVocab], nVocab} */
-    async logits({ ids }) {
+    /** {ids, lora?} -> {data: Float32Array [ids.length * nVocab], nVocab} */
+    async logits({ ids, lora = null }) {
       const model = this._model();
-      return { data: await model.logits(Array.from(ids, Number)), nVocab: model.info.n_vocab };
+      return { data: await model.logits(Array.from(ids, Number), lora), nVocab: model.info.n_vocab };
+    },
+
+    /**
+     * {record, name, useCache} -> the adapter's name. Downloads (and caches, verifying sha256) the adapter's GGUF
+     * like a model, then streams it to the GPU beside the loaded model.
+     */
+    async loadLora({ record, name = null, useCache = true }, { onProgress }) {
+      const model = this._model();
+      const source = await openModel(record, { useCache, onProgress: (p) => onProgress?.(p) });
+      return model.loadLora(source, name ?? record.id);
+    },
+
+    async unloadLora({ name }) {
+      return this._model().unloadLora(String(name));
+    },
+
+    async loras() {
+      return this._model().loras();
     },
 
     async tokenize({ text }) {
@@ -164,9 +182,9 @@ export class Host {
     },
 
     /** {nPrompt, nGen, promptIds?} -> realm-web bench's figures for this model in this browser. */
-    async bench({ nPrompt = 64, nGen = 64, promptIds = null, nStreams = null, speculative = null }) {
+    async bench({ nPrompt = 64, nGen = 64, promptIds = null, nStreams = null, speculative = null, lora = null }) {
       const ids = promptIds == null ? null : Array.from(promptIds, Number);
-      return this._model().bench(nPrompt, nGen, ids, nStreams, speculative);
+      return this._model().bench(nPrompt, nGen, ids, nStreams, speculative, lora);
     },
 
     async stats() {

@@ -36,6 +36,27 @@ export interface ModelRecord {
   required_features?: string[];
   /** A draft model: the ids of the models it drafts for (speculative decoding: `createEngine(id, { draftModel })`). */
   draft_for?: string[];
+  /** "lora": a LoRA adapter (`engine.loadLora(id)`), not a model. */
+  type?: "lora";
+  /** A LoRA adapter: the ids of the models it applies to. */
+  base_models?: string[];
+  /** A LoRA adapter's rank and alpha. */
+  rank?: number;
+  alpha?: number;
+}
+
+/** Adapters a request uses: names from `engine.loadLora`, each with its scale (default 1). */
+export type LoraSelection = { id: string; scale?: number }[];
+
+/** A loaded adapter, as `engine.listLoras()` reports it. */
+export interface LoraInfo {
+  name: string;
+  alpha: number;
+  rank: number;
+  targets: string[];
+  source: string;
+  in_use: number;
+  [key: string]: unknown;
 }
 
 export interface AppConfig {
@@ -156,6 +177,8 @@ export interface GenerateOptions {
   seed?: number;
   /** Stop strings: generation ends before any of them; they are not part of the text. */
   stop?: string | string[];
+  /** LoRA adapters for this request (loaded with `engine.loadLora`). */
+  lora?: LoraSelection;
   /** Called with each non-empty piece of text as it is generated. A throw stops generation and rejects. */
   onToken?: (piece: string) => void;
   /** Abort: generation stops at the next token and the promise rejects with AbortError. */
@@ -193,6 +216,8 @@ export interface ChatCompletionCreateParamsBase {
   stop?: string | string[] | null;
   /** Prefix-cache tenant: requests share cached prompt blocks only with requests of the same salt. */
   cache_salt?: string | null;
+  /** realm_web extension: LoRA adapters for this request (names from `engine.loadLora`, each with its scale). */
+  lora?: LoraSelection | null;
   /** Only 1. */
   n?: number | null;
   /** Abort the request (with stream: rejects the iteration with AbortError). */
@@ -299,8 +324,17 @@ export declare class Engine {
   interruptGenerate(): void;
   tokenize(text: string): Promise<number[]>;
   detokenize(ids: ArrayLike<number>): Promise<string>;
-  /** Teacher-forced logits: one row of n_vocab scores per position of `ids`. */
-  logits(ids: ArrayLike<number>): Promise<Float32Array[]>;
+  /** Teacher-forced logits: one row of n_vocab scores per position of `ids` (with `lora`: through those adapters). */
+  logits(ids: ArrayLike<number>, options?: { lora?: LoraSelection }): Promise<Float32Array[]>;
+  /**
+   * Load a LoRA adapter (registry id of a `type: "lora"` record, or a .gguf URL): downloaded and cached like a
+   * model, checked against it, streamed to the GPU. Resolves to its name, which requests pass in `lora`.
+   */
+  loadLora(idOrUrl: string, options?: { name?: string; onProgress?: (report: InitProgressReport) => void }): Promise<string>;
+  /** Unload an adapter: new requests cannot use it; those using it finish with it. */
+  unloadLora(name: string): Promise<void>;
+  /** The loaded adapters by name. */
+  listLoras(): Promise<Record<string, LoraInfo>>;
   runtimeStats(): Promise<RuntimeStats>;
   /**
    * Prefill and decode tokens/s measured as `realm-web bench` does natively (greedy, end-of-text ignored).
@@ -317,6 +351,8 @@ export declare class Engine {
     promptIds?: ArrayLike<number>;
     nStreams?: number;
     speculative?: { temperature?: number };
+    /** With nStreams: each stream's adapters (stream i takes lora[i % lora.length]). */
+    lora?: LoraSelection[];
   }): Promise<BenchmarkResult & { n_streams?: number; per_stream_tok_s?: number; [key: string]: unknown }>;
   /** Free the GPU memory and stop the worker; the engine cannot be used afterwards. */
   unload(): Promise<void>;

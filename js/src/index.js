@@ -8,6 +8,7 @@
 
 import { LocalClient, WorkerClient } from "./client.js";
 import { Engine } from "./engine.js";
+import { RealmError } from "./errors.js";
 import { resolveModel } from "./registry.js";
 import { deleteCached, isCached } from "./store.js";
 
@@ -36,6 +37,9 @@ export async function createEngine(
 ) {
   const t0 = performance.now();
   const record = await resolveModel(modelIdOrUrl, appConfig);
+  if (record.type === "lora") {
+    throw new RealmError(`"${record.id}" is a LoRA adapter, not a model: load its base model, then engine.loadLora("${record.id}")`, { code: "invalid_request" });
+  }
   const draftRecord = draftModel != null ? await resolveModel(draftModel, appConfig) : null;
   const config = {
     runtimeUrl: new URL(appConfig.runtimeUrl ?? new URL("../runtime/", import.meta.url), pageBase()).href,
@@ -62,7 +66,7 @@ export async function createEngine(
   const client = useWorker ? new WorkerClient() : new LocalClient();
   try {
     const loaded = await client.call("load", { record, config, draftRecord }, { onProgress });
-    return new Engine(client, record, loaded);
+    return new Engine(client, record, loaded, { appConfig, useCache: config.useCache });
   } catch (e) {
     client.terminate();
     throw e;

@@ -137,6 +137,9 @@ export class LoadedModel {
     this._detokenize = h.detokenize;
     this._bench = h.bench;
     this._unload = h.unload;
+    this._loadLora = h.load_lora;
+    this._unloadLora = h.unload_lora;
+    this._loras = h.loras;
   }
 
   /** Map a failure to an SDK error; remember device loss so later calls fail fast. */
@@ -240,9 +243,31 @@ export class LoadedModel {
     return this._call(this._stats);
   }
 
-  /** Teacher-forced logits as one Float32Array of [ids.length * n_vocab] (row-major). */
-  async logits(ids) {
-    let bytes = await this._call(this._logits, ids);
+  /**
+   * Stream a LoRA adapter's GGUF from `source` ({size, read}) to the GPU beside the model.
+   * @returns {Promise<string>} the adapter's name (requests select it with `lora: [{id: name, scale}]`)
+   */
+  async loadLora(source, name = null) {
+    const read = (offset, length) =>
+      source.read(offset, length).catch((e) => {
+        this._readError = e;
+        throw e;
+      });
+    return this._call(this._loadLora, read, source.size, name);
+  }
+
+  async unloadLora(name) {
+    return this._call(this._unloadLora, name);
+  }
+
+  /** The loaded adapters by name: {alpha, rank, targets, in_use, ...}. */
+  async loras() {
+    return this._call(this._loras);
+  }
+
+  /** Teacher-forced logits as one Float32Array of [ids.length * n_vocab] (row-major); `lora` as in requests. */
+  async logits(ids, lora = null) {
+    let bytes = await this._call(this._logits, ids, lora);
     if (bytes.byteOffset % 4) bytes = bytes.slice();
     return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
   }
@@ -260,8 +285,8 @@ export class LoadedModel {
    * `promptIds` (array of token ids, or null): the exact prompt to prefill. `nStreams`: instead, the aggregate
    * decode tokens/s of that many concurrent streams ({n_streams, decode_tok_s, per_stream_tok_s, ttft_s}).
    */
-  async bench(nPrompt, nGen, promptIds = null, nStreams = null, speculative = null) {
-    return this._call(this._bench, nPrompt, nGen, promptIds, nStreams, speculative);
+  async bench(nPrompt, nGen, promptIds = null, nStreams = null, speculative = null, lora = null) {
+    return this._call(this._bench, nPrompt, nGen, promptIds, nStreams, speculative, lora);
   }
 
   /** Test hook: destroy the GPU device under the model (the real device-lost path). */
@@ -286,7 +311,7 @@ export class LoadedModel {
       const err = this._error(e);
       if (!(err instanceof DeviceLostError)) throw err;
     } finally {
-      for (const m of [this._info, this._submit, this._cancel, this._step, this._stats, this._logits, this._tokenize, this._detokenize, this._bench, this._unload]) {
+      for (const m of [this._info, this._submit, this._cancel, this._step, this._stats, this._logits, this._tokenize, this._detokenize, this._bench, this._unload, this._loadLora, this._unloadLora, this._loras]) {
         m?.destroy();
       }
       this.handle.destroy();

@@ -69,6 +69,11 @@ test("chat parameters map to the Python request", () => {
   });
   assert.equal(chatRequest({ messages: [{ role: "user", content: "x" }], max_completion_tokens: 3, max_tokens: 9 }).max_tokens, 3);
   assert.equal(chatRequest({ messages: [{ role: "user", content: "x" }], cache_salt: "tenant-a" }).cache_salt, "tenant-a");
+  const m = [{ role: "user", content: "x" }];
+  assert.deepEqual(chatRequest({ messages: m, lora: [{ id: "a" }, { id: "b", scale: 0.5 }] }).lora, [{ id: "a", scale: 1 }, { id: "b", scale: 0.5 }]);
+  for (const lora of ["a", [{ scale: 1 }], [{ id: "a", scale: "1" }], [{ id: "a", scale: Infinity }]]) {
+    assert.throws(() => chatRequest({ messages: m, lora }), (e) => e instanceof errors.RealmError && e.code === "invalid_request");
+  }
   for (const bad of [{ messages: [] }, { messages: [{ role: "user", content: "x" }], n: 2 }, { messages: [{ role: "user", content: "x" }], frequency_penalty: 0.5 }]) {
     assert.throws(() => chatRequest(bad), (e) => e instanceof errors.RealmError && e.code === "invalid_request");
   }

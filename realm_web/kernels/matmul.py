@@ -176,15 +176,23 @@ def matmul_batch(
 
 
 def get_rows(
-    dev: Device, w: Weight, ids: Buffer, out: Buffer, n_tok: int, *, out_stride: int | None = None
+    dev: Device,
+    w: Weight,
+    ids: Buffer,
+    out: Buffer,
+    n_tok: int,
+    *,
+    out_stride: int | None = None,
+    out_offset: int = 0,
 ) -> list[Dispatch]:
-    """out[t, :] = dequantize(W[ids[t], :]) for t < n_tok (ids are u32, each < w.n_rows)."""
+    """out[out_offset + t * out_stride + :K] = dequantize(W[ids[t], :]) for t < n_tok (ids are u32, each
+    < w.n_rows; stride and offset in f32 elements)."""
     out_stride = w.row_elems if out_stride is None else out_stride
     name = f"get_rows_{w.type.name.lower()}"
     wg = pow2_at_most(64, dev.info.max_invocations)
     res = []
     for part in w.parts:
         gx, gy = fold(-(-_units(w) // wg), dev.info.max_workgroups_per_dim)
-        params = u32s(w.row_elems, part.n_rows, w.row_bytes, _units(w), part.row_begin, out_stride, gx, 0)
+        params = u32s(w.row_elems, part.n_rows, w.row_bytes, _units(w), part.row_begin, out_stride, gx, out_offset)
         res.append(build(dev, name, params, [part.buffer, ids, out], (gx, gy, n_tok), {"WG": wg}))
     return res

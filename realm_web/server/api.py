@@ -190,7 +190,8 @@ def _token_fields(model: Model, token: int) -> dict[str, Any]:
 # ---- building the sequences --------------------------------------------------------------------------------
 
 
-def _choices(model: Model, prompts: list[list[int]], p: GenerationParams, param: str) -> list[Choice]:
+def _choices(model: Model, prompts: list[list[int]], p: GenerationParams, param: str,
+             lora: dict[str, float] | None = None) -> list[Choice]:  # fmt: skip
     """One checked engine request per choice (`param`: the field the prompt came from, for errors)."""
     n_ctx = model.n_ctx
     choices = []
@@ -209,7 +210,7 @@ def _choices(model: Model, prompts: list[list[int]], p: GenerationParams, param:
             try:
                 req = model.request(ids, max_tokens, **p.sampling_options((base_seed + j) & 0xFFFFFFFF), stop=p.stop,
                                     cache_salt=p.cache_salt, ignore_eos=p.ignore_eos,
-                                    logprobs=p.logprobs is not None)  # fmt: skip
+                                    logprobs=p.logprobs is not None, lora=lora)  # fmt: skip
             except ContextError as e:
                 raise APIError(400, str(e), param=param, code="context_length_exceeded") from None
             except RealmError as e:
@@ -244,6 +245,10 @@ class API:
             data.append({"id": e.id, "object": "model", "created": e.created, "owned_by": "realm_web",
                          "meta": {"n_ctx": m.n_ctx, "n_vocab": m.config.n_vocab, "n_parallel": m.n_parallel,
                                   "architecture": m.config.arch, "adapter": m.device.info.name}})  # fmt: skip
+            for name, base in self.pool.lora_base.items():
+                if base == e.id:
+                    data.append({"id": name, "object": "model", "created": e.created, "owned_by": "realm_web",
+                                 "parent": e.id, "root": self.pool.loras[name].name})  # fmt: skip
         return JSONResponse({"object": "list", "data": data})
 
     async def completions(self, request: HTTPRequest) -> Response:
@@ -257,7 +262,9 @@ class API:
             body = await read_body(request, self.max_body)
             parsed = parse_chat(body) if chat else parse_completion(body)
             p = parsed.params
-            model = self.pool.get(p.model)
+            model, lora = self.pool.resolve(p.model)
+            if p.lora is not None:  # the body's adapters, beside the one the model id names
+                lora = {**(lora or {}), **p.lora}
             if chat:
                 try:
                     prompts = [model.chat_ids(parsed.messages)]  # type: ignore[union-attr]
@@ -265,7 +272,7 @@ class API:
                     raise APIError(400, str(e), param="messages") from None
             else:
                 prompts = [_tokenize(model, x) for x in parsed.prompts]  # type: ignore[union-attr]
-            choices = _choices(model, prompts, p, "messages" if chat else "prompt")
+            choices = _choices(model, prompts, p, "messages" if chat else "prompt", lora)
             job = Job(model, p.model, choices, p.n, p.logprobs, self.metrics)
             try:
                 job.start()

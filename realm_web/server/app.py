@@ -181,29 +181,33 @@ def make_server(host: str = "127.0.0.1", port: int = 8000, *, models: Iterable[s
                 bundled: bool = True, root: Path | None = None, files: type[Files] | None = Files,
                 api: bool = True, api_keys: Sequence[str] = (), rate_limit: int | None = None,
                 max_concurrent: int | None = None, max_body: int = MAX_BODY, cors_origins: Sequence[str] = (),
-                quiet: bool = True, **load_options: Any) -> Server:  # fmt: skip
+                quiet: bool = True, loras: Sequence[tuple[str, str | Path]] = (),
+                **load_options: Any) -> Server:  # fmt: skip
     """A server bound to (host, port) (port 0 picks a free one: see `.url`), not yet serving.
     `models`: GGUF files served to browsers and, with `api`, loaded for the API (none given: the bundled model;
     `bundled` also offers it and its draft to browsers);
     `files=None`: the API alone (no checkout needed); `root`: the checkout whose site/, js/src/ and build/web/
     are served (default: the one this package is in); `load_options` go to realm_web.load (n_parallel, n_ctx,
-    kv_cache_tokens, ...)."""
-    from realm_web.cli import bundled_draft, bundled_model
+    kv_cache_tokens, ...); `loras`: (id, adapter path) pairs, each served as model `id` over the model it fits."""
+    from realm_web.cli import bundled_draft, bundled_lora, bundled_model
 
     extra = [Path(m) for m in models]
-    target, draft = Path(bundled_model()), Path(bundled_draft())
-    bundled_files = ([target] + ([draft] if draft.is_file() else [])) if bundled else []
+    target, draft, lora = Path(bundled_model()), Path(bundled_draft()), Path(bundled_lora())
+    bundled_files = ([target] + [p for p in (draft, lora) if p.is_file()]) if bundled else []
     file_app = None
     if files is not None:
         mounts = check_checkout(Path(root) if root is not None else REPO_ROOT)
-        served, records = model_records(bundled_files + extra, {draft: [target.stem]})
+        served, records = model_records(bundled_files + extra, {draft: [target.stem]}, {lora: [target.stem]})
         file_app = files(mounts, served, records)
     for p in extra:
         if not p.is_file():
             raise ServeError(f"--model {p}: no such file")
+    for name, p in loras:
+        if not Path(p).is_file():
+            raise ServeError(f"--lora {name}={p}: no such file")
     api_paths = [p.resolve() for p in (extra or [Path(bundled_model())])] if api else []
     try:
-        pool = ModelPool(api_paths, load_options, log=not quiet)
+        pool = ModelPool(api_paths, load_options, log=not quiet, loras=[(n, Path(p)) for n, p in loras])
     except ValueError as e:
         raise ServeError(str(e)) from None
     app = build_app(pool, file_app, keys=api_keys, rate_limit=rate_limit, max_concurrent=max_concurrent,

@@ -215,11 +215,13 @@ def check_checkout(root: Path) -> dict[str, Path]:
 
 
 def model_records(paths: Iterable[Path], drafts: dict[Path, list[str]] | None = None,
-                  ) -> tuple[dict[str, Path], list[dict]]:  # fmt: skip
-    """Served file name -> path, and a registry record per model (`drafts`: path -> ids it is a draft for). A
+                  loras: dict[Path, list[str]] | None = None) -> tuple[dict[str, Path], list[dict]]:  # fmt: skip
+    """Served file name -> path, and a registry record per model (`drafts`: path -> ids it is a draft for;
+    `loras`: adapter path -> ids of the models it applies to). A
     file realm_web cannot read still gets served, with a record holding only its id, url, size, hash and the
     error, so a page can show how a bad model fails."""
     drafts = {Path(k).resolve(): v for k, v in (drafts or {}).items()}
+    loras = {Path(k).resolve(): v for k, v in (loras or {}).items()}
     models: dict[str, Path] = {}
     records = []
     for path in paths:
@@ -233,7 +235,7 @@ def model_records(paths: Iterable[Path], drafts: dict[Path, list[str]] | None = 
         models[path.name] = path
         url = f"/models/{path.name}"
         try:
-            records.append(record_for(path, url=url, draft_for=drafts.get(path)))
+            records.append(record_for(path, url=url, draft_for=drafts.get(path), base_models=loras.get(path)))
         except RealmError as e:
             records.append({"id": path.stem, "url": url, "sha256": sha256_file(path), "size": path.stat().st_size,
                             "error": str(e)})  # fmt: skip

@@ -146,10 +146,32 @@ class GenerationParams:
     logprobs: int | None = None  # None: off; else how many top alternatives per token (0..)
     cache_salt: str | None = None
     ignore_eos: bool = False  # llama.cpp's: generate max_tokens even past an end-of-generation token
+    lora: dict[str, float] | None = None  # adapters by name and scale (the SDK's [{id, scale}], or {name: scale})
 
     def sampling_options(self, seed: int) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p,
                 "repeat_penalty": self.repeat_penalty, "repeat_last_n": self.repeat_last_n, "seed": seed}  # fmt: skip
+
+
+def _lora(v: Any) -> dict[str, float] | None:
+    """The `lora` field: [{"id": name, "scale": s}, ...] (scale 1 when absent) or {name: scale}."""
+    if v is None:
+        return None
+    items = list(v.items()) if isinstance(v, dict) else None
+    if isinstance(v, list):
+        items = []
+        for x in v:
+            if not isinstance(x, dict) or not isinstance(x.get("id", x.get("name")), str):
+                raise invalid("lora", "each entry of 'lora' must be an object with a string 'id'", "invalid_type")
+            items.append((x.get("id", x.get("name")), x.get("scale", 1.0)))
+    if items is None:
+        raise invalid("lora", f"'lora' must be an array of {{id, scale}} or an object, not {_kind(v)}", "invalid_type")
+    out = {}
+    for name, scale in items:
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+            raise invalid("lora", f"the scale of adapter '{name}' must be a number, not {_kind(scale)}", "invalid_type")
+        out[name] = float(scale)
+    return out
 
 
 def _common(f: Fields, max_tokens_names: tuple[str, ...]) -> GenerationParams:
@@ -186,7 +208,9 @@ def _common(f: Fields, max_tokens_names: tuple[str, ...]) -> GenerationParams:
     if f.body.get("logit_bias"):
         raise invalid("logit_bias", "'logit_bias' is not supported", "unsupported_parameter")
     seed = f.integer("seed", None)
+    lora = _lora(f.body.get("lora"))
     return GenerationParams(
+        lora=lora,
         model=model,  # type: ignore[arg-type]
         max_tokens=max_tokens,
         n=f.integer("n", 1, 1, MAX_N),  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ struct Params {
     row_begin: u32,  // table row held at this part's row 0
     out_stride: u32, // f32 elements between consecutive output rows
     groups_x: u32,   // workgroups along grid x
-    _pad: u32,
+    out_offset: u32, // f32 element where output row 0 starts
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -119,7 +119,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let v = dequant_unit((id - p.row_begin) * p.row_bytes, u, p.K);
-    let o = wid.z * p.out_stride + u * UNIT;
+    let o = p.out_offset + wid.z * p.out_stride + u * UNIT;
     for (var i = 0u; i < UNIT && u * UNIT + i < p.K; i++) {
         out[o + i] = v[i];
     }

@@ -293,8 +293,9 @@ def test_the_engine_also_runs_on_the_page_without_a_worker(page):
 
 def test_the_served_registry_lists_the_bundled_model(page, server):
     records = json.loads(page.evaluate("async () => (await fetch('/models/registry.json')).text()"))
-    assert [r["id"] for r in records] == [MODEL, MODEL + "-draft"]
+    assert [r["id"] for r in records] == [MODEL, MODEL + "-draft", MODEL + "-lora-fiction"]
     assert records[1]["draft_for"] == [MODEL]
+    assert records[2]["type"] == "lora" and records[2]["base_models"] == [MODEL]
     assert records[0]["sha256"] == record_for(server.files.models["realm-tiny-facts.gguf"])["sha256"]
 
 

@@ -67,6 +67,16 @@ export async function demo(): Promise<string> {
   }
   const reason: "stop" | "length" | undefined = out?.finishReason;
 
+  // LoRA adapters: loaded beside the model, chosen per request
+  const lora: string = await engine.loadLora("realm-tiny-facts-lora-fiction", { name: "fiction" });
+  const adapted = await engine.chat.completions.create({ messages, lora: [{ id: lora, scale: 0.5 }] });
+  const loras = await engine.listLoras();
+  console.log(adapted.choices[0].message.content, loras[lora]?.rank);
+  await engine.generate("x", { lora: [{ id: lora }] });
+  await engine.unloadLora(lora);
+  // @ts-expect-error lora is a list of {id, scale}
+  await engine.generate("x", { lora: "fiction" });
+
   // @ts-expect-error with stream: true the result is chunks, not a ChatCompletion
   const wrong: ChatCompletion = await engine.chat.completions.create({ messages, stream: true });
   // @ts-expect-error maxTokens is a number
