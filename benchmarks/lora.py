@@ -110,7 +110,8 @@ def model_rank(path: Path) -> int:
 
 _BROWSER_JS = """async ([ids, nStreams, nGen, reps]) => {
     const sdk = await import('/js/index.js');
-    const engine = await sdk.createEngine('realm-tiny-facts', { nParallel: nStreams });
+    const models = await (await fetch('/models/registry.json')).json();  // the served adapters' records
+    const engine = await sdk.createEngine('realm-tiny-facts', { nParallel: nStreams, appConfig: { models } });
     const names = [];
     for (const id of ids) names.push(await engine.loadLora(id, { name: id }));
     const choices = { none: [[]], one: [[{ id: names[0], scale: 1 }]], mixed: names.map((n) => [{ id: n, scale: 1 }]) };

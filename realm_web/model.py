@@ -49,6 +49,13 @@ def _f32_vector(gf: GGUFFile, name: str) -> bytes:
     raise RealmError(f"tensor {name!r}: 1-D tensors of type {info.type.name} are not supported")
 
 
+def _source_name(src: Any) -> str:
+    """A path or URL as given, or an opened file's source name (a stream in the browser: "<adapter>")."""
+    if isinstance(src, GGUFFile):
+        return str(getattr(src.source, "name", None) or getattr(src.source, "path", None) or "<stream>")
+    return str(src)
+
+
 def _upload(dev: Device, gf: GGUFFile, **options: Any) -> tuple[dict, dict[str, Buffer]]:
     """A model's tensors on the GPU: matrices streamed in chunks (split to fit bindings), 1-D tensors as f32."""
     mats = [t.name for t in gf.tensors if len(t.shape) >= 2]
@@ -170,7 +177,7 @@ class Model:
         out = []
         for item in lora:
             src, scale = item if isinstance(item, tuple) else (item, 1.0)
-            out.append((self._read_adapter(src), float(scale), str(src)))
+            out.append((self._read_adapter(src), float(scale), _source_name(src)))
         return out
 
     def _read_adapter(self, src: str | GGUFFile, name: str | None = None) -> Adapter:
@@ -187,7 +194,7 @@ class Model:
         adapter = self._read_adapter(path_or_url, name)
         try:
             with self.engine._step_lock:  # the pools change between steps, never under one
-                return self.adapters.add(adapter, str(path_or_url), name)
+                return self.adapters.add(adapter, _source_name(path_or_url), name)
         finally:
             if not isinstance(path_or_url, GGUFFile):
                 adapter.gguf.close()
