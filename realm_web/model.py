@@ -56,6 +56,14 @@ def _source_name(src: Any) -> str:
     return str(src)
 
 
+def _close_opened(adapters: list[tuple[Adapter, float, str]], given: Any) -> None:
+    """Close the adapter files load() opened itself (not those the caller passed in opened)."""
+    given = [given] if isinstance(given, str | GGUFFile) else given
+    for adapter, _, _ in adapters:
+        if not any(adapter.gguf is (x[0] if isinstance(x, tuple) else x) for x in given):
+            adapter.gguf.close()
+
+
 def _upload(dev: Device, gf: GGUFFile, **options: Any) -> tuple[dict, dict[str, Buffer]]:
     """A model's tensors on the GPU: matrices streamed in chunks (split to fit bindings), 1-D tensors as f32."""
     mats = [t.name for t in gf.tensors if len(t.shape) >= 2]
@@ -147,9 +155,7 @@ class Model:
             self.transformer.lora, self.adapters = pool, Adapters(pool)
             for adapter, scale, source in adapters:
                 self.default_lora[self.adapters.add(adapter, source)] = scale
-        for adapter, _, _ in adapters:  # their tensors are on the GPU now
-            if not any(adapter.gguf is (x[0] if isinstance(x, tuple) else x) for x in lora):
-                adapter.gguf.close()
+        _close_opened(adapters, lora)  # their tensors are on the GPU now
         self.engine = Engine(dev, self.transformer, self.kv, self.tokenizer, n_ctx=self.n_ctx, n_parallel=n_parallel,
                              prefix_caching=prefix_caching, threaded=sys.platform != "emscripten", speculative=spec,
                              draft=self.draft)  # fmt: skip
@@ -174,16 +180,25 @@ class Model:
             lora = [lora]
         if len(lora) > max_loras:
             raise LoraError(f"{len(lora)} adapters given, but max_loras is {max_loras}")
-        out = []
-        for item in lora:
-            src, scale = item if isinstance(item, tuple) else (item, 1.0)
-            out.append((self._read_adapter(src), float(scale), _source_name(src)))
+        out: list[tuple[Adapter, float, str]] = []
+        try:
+            for item in lora:
+                src, scale = item if isinstance(item, tuple) else (item, 1.0)
+                out.append((self._read_adapter(src), float(scale), _source_name(src)))
+        except BaseException:
+            _close_opened(out, lora)
+            raise
         return out
 
     def _read_adapter(self, src: str | GGUFFile, name: str | None = None) -> Adapter:
         gf = src if isinstance(src, GGUFFile) else open_gguf(src)
         shapes = {t.name: t.shape for t in self.gguf.tensors if len(t.shape) >= 2}
-        return read_adapter(gf, self.config.arch, shapes, name)
+        try:
+            return read_adapter(gf, self.config.arch, shapes, name)
+        except BaseException:
+            if gf is not src:  # a file this call opened
+                gf.close()
+            raise
 
     def load_lora(self, path_or_url: str | GGUFFile, name: str | None = None) -> str:
         """Load a LoRA adapter (llama.cpp's GGUF adapter format) without applying it; requests use it by name
