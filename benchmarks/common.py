@@ -9,11 +9,35 @@ one-token steps after the first token ÷ their time).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent.parent / "build" / "bench-results"
 
 FIELDS = ("engine", "load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "n_prompt", "n_gen")
+
+
+def save_results(name: str, results: object) -> Path:
+    """Write a benchmark's raw results to build/bench-results/NAME-<date>-<time>.json; returns the path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return out
+
+
+def run_child(script: str, args: list[str], timeout: float = 3600, tail: int = 3) -> dict | list:
+    """Run `python script args...` (a benchmark's own child mode) from the repo root; its last stdout line is
+    JSON. A failure is {"error": the last `tail` lines of its output}."""
+    p = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout,
+                       cwd=RESULTS.parent.parent)  # fmt: skip
+    if p.returncode != 0:
+        return {"error": " | ".join((p.stderr or p.stdout).strip().splitlines()[-tail:])}
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 class Unavailable(Exception):

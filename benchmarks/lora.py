@@ -20,14 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "build" / "bench-results"
+
+from benchmarks.common import run_child, save_results  # noqa: E402
+
 BENCH = ROOT / "build" / "bench-models"
 FIXTURES = ROOT / "tests" / "fixtures" / "lora"
 SETTINGS = ("none", "one", "mixed")
@@ -143,12 +143,8 @@ def browser(n_streams: int, n_gen: int, reps: int) -> dict:
 
 
 def child(row: str, a: argparse.Namespace) -> dict:
-    args = [sys.executable, __file__, "--child", row, "--streams", str(a.streams), "--gen", str(a.gen), "--reps",
-            str(a.reps)]  # fmt: skip
-    p = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=3600)
-    if p.returncode != 0:
-        return {"error": " | ".join((p.stderr or p.stdout).strip().splitlines()[-3:])}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    flags = ["--streams", str(a.streams), "--gen", str(a.gen), "--reps", str(a.reps)]
+    return run_child(__file__, ["--child", row, *flags])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f"Chromium (SDK), {got['adapter']}" if row == "browser" else f"native, {got['adapter']}"
         print(f"| {row} | {where} | {med['none']:.1f} | {med['one']:.1f} ({med['one'] / med['none']:.2f}) | "
               f"{med['mixed']:.1f} ({med['mixed'] / med['none']:.2f}) |", flush=True)  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"lora-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = save_results("lora", results)
     print(f"\nraw results: {out}")
     return 0
 

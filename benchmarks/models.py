@@ -4,6 +4,8 @@ Llama-architecture GGUFs with random weights in llama.cpp's tensor layout and qu
 
     125m: n_embd 768, 12 layers, 12 heads (4 KV heads), n_ff 2048, vocab 32000        ~134M parameters
     1b:   TinyLlama-1.1B's shape: n_embd 2048, 22 layers, 32 heads (4 KV), n_ff 5632    ~1.10B parameters
+    8b:   Llama-3-8B's shape: n_embd 4096, 32 layers, 32 heads (8 KV), n_ff 14336, vocab 128256   ~8.03B
+          parameters (Q4_K_M: ~4.6 GiB, more than wasm32's 4 GiB; `pytest -m large` and benchmarks/large.py)
 
     q4_k_m: llama.cpp's Q4_K_M mix (Q4_K everywhere; Q6_K for output.weight and, by llama.cpp's
             use_more_bits rule, attn_v and ffn_down of the first and last eighth and every third layer between)
@@ -11,8 +13,9 @@ Llama-architecture GGUFs with random weights in llama.cpp's tensor layout and qu
 
 Quantized blocks are random bytes with small finite f16 scales, i.e. valid blocks whose weights have a
 plausible spread (std ~0.02-0.1), so activations stay finite through every layer. The vocabulary is a
-synthetic SentencePiece ("llama") one of 32000 pieces with byte fallback, so llama.cpp, wllama and realm_web
-all tokenize and detokenize it. Files go to build/bench-models/ (git ignores build/):
+synthetic SentencePiece ("llama") one of 32000 pieces (128256 for 8b) with byte fallback, so llama.cpp, wllama
+and realm_web all tokenize and detokenize it. Tensors are generated and written one at a time (host memory stays
+near the largest tensor, whatever the model size). Files go to build/bench-models/ (git ignores build/):
 
     .venv/bin/python benchmarks/models.py [--sizes 125m,1b] [--types q4_k_m,q8_0] [--out DIR]
 """
@@ -69,6 +72,7 @@ class Shape:
 SHAPES = {
     "125m": Shape(n_embd=768, n_layer=12, n_head=12, n_head_kv=4, n_ff=2048),
     "1b": Shape(n_embd=2048, n_layer=22, n_head=32, n_head_kv=4, n_ff=5632),
+    "8b": Shape(n_embd=4096, n_layer=32, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=128256, n_ctx=8192),
 }
 FILE_TYPES = {"q4_k_m": 15, "q8_0": 7}  # llama_ftype: LLAMA_FTYPE_MOSTLY_Q4_K_M, LLAMA_FTYPE_MOSTLY_Q8_0
 
@@ -103,6 +107,8 @@ def spm_vocab(n: int = N_VOCAB) -> tuple[list[str], list[float], list[int]]:
     pieces += [a + b for a in lower for b in lower] + ["▁" + a + b for a in lower for b in lower]
     pieces += ["▁" + a + b + c for a in lower for b in lower for c in lower]
     pieces += [a + b + c for a in lower for b in lower for c in lower]
+    if len(tokens) + len(pieces) < n:  # large vocabularies (Llama 3's 128256): four-letter word pieces too
+        pieces += ["▁" + a + b + c + d for a in lower for b in lower for c in lower for d in lower]
     tokens += pieces[: n - len(tokens)]
     types += [1] * (len(tokens) - len(types))
     if len(tokens) < n:
@@ -144,19 +150,27 @@ def make_model(size: str | Shape, mix: str, path: Path, seed: int = 0) -> Path:
 
     rng = np.random.default_rng(seed)
     norm = (1.0 + 0.1 * rng.standard_normal(s.n_embd)).astype(np.float32)
+    # the layout first (names, shapes, types, sizes), then each tensor's data made and written in turn
+    plan: list[tuple[str, object]] = []
     for n, (name, layer, n_rows, k) in enumerate(s.matrices()):
-        t = tensor_type(mix, name, layer, s.n_layer)
-        data = random_weight_bytes(t, n_rows, k, seed=seed * 1000 + n, scale=SCALES[t])
-        raw = np.frombuffer(data, np.uint8).reshape(n_rows, -1)
-        w.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType[t])
-        if name.endswith("attn_output.weight"):
-            w.add_tensor(f"blk.{layer}.attn_norm.weight", norm)
-        if name.endswith("ffn_down.weight"):
-            w.add_tensor(f"blk.{layer}.ffn_norm.weight", norm)
-    w.add_tensor("output_norm.weight", norm)
+        t = gguf.GGMLQuantizationType[tensor_type(mix, name, layer, s.n_layer)]
+        row_bytes = k // gguf.GGML_QUANT_SIZES[t][0] * gguf.GGML_QUANT_SIZES[t][1]
+        w.add_tensor_info(name, (n_rows, row_bytes), np.dtype(np.uint8), n_rows * row_bytes, raw_dtype=t)
+        plan.append((name, (t.name, n_rows, k, seed * 1000 + n)))
+        for norm_name, after in (("attn_norm", "attn_output.weight"), ("ffn_norm", "ffn_down.weight")):
+            if name.endswith(after):
+                w.add_tensor_info(f"blk.{layer}.{norm_name}.weight", norm.shape, norm.dtype, norm.nbytes)
+                plan.append((norm_name, norm))
+    w.add_tensor_info("output_norm.weight", norm.shape, norm.dtype, norm.nbytes)
+    plan.append(("output_norm", norm))
     w.write_header_to_file()
     w.write_kv_data_to_file()
-    w.write_tensors_to_file()
+    w.write_ti_data_to_file()
+    for _, what in plan:
+        if isinstance(what, tuple):
+            t, n_rows, k, tseed = what
+            what = np.frombuffer(random_weight_bytes(t, n_rows, k, seed=tseed, scale=SCALES[t]), np.uint8)
+        w.write_tensor_data(what)
     w.close()
     return path
 

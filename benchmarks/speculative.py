@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "build" / "bench-results"
+
+from benchmarks.common import run_child, save_results  # noqa: E402
+
 BENCH = ROOT / "build" / "bench-models"
 ROWS = {
     "bundled-draft": ("bundled", {"draft_model": "bundled-draft"}),
@@ -94,11 +94,7 @@ def browser(n_gen: int) -> list[dict]:
 
 
 def child(row: str, n_gen: int) -> list[dict] | dict:
-    args = [sys.executable, __file__, "--child", row, "--gen", str(n_gen)]
-    p = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=3600)
-    if p.returncode != 0:
-        return {"error": " | ".join((p.stderr or p.stdout).strip().splitlines()[-3:])}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_child(__file__, ["--child", row, "--gen", str(n_gen)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {row} | {where}, {r['adapter']} | {r['temperature']:.1f} | {r['plain_decode_tok_s']:.1f} | "
                   f"{r['speculative_decode_tok_s']:.1f} | {r['speedup']:.2f}x | {r['acceptance_rate']:.0%} | "
                   f"{r['mean_accepted']:.2f} |", flush=True)  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"speculative-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = save_results("speculative", results)
     print(f"\nraw results: {out}")
     return 0
 
