@@ -18,7 +18,7 @@ from realm_web.chat import BUILTIN_TEMPLATES, ChatTemplate
 from realm_web.config import Config
 from realm_web.device import Buffer, Device, get_device
 from realm_web.engine import Engine
-from realm_web.errors import RealmError
+from realm_web.errors import DeviceError, OutOfMemoryError, RealmError
 from realm_web.gguf import GGUFFile, open_gguf
 from realm_web.kv_cache import PagedKVCache
 from realm_web.lora import Adapter, Adapters, LoraError, LoraPool, read_adapter
@@ -135,10 +135,12 @@ class Model:
             self.draft_config = Config.from_gguf(draft_gf)
             check_compatible(self.tokenizer, Tokenizer.from_gguf(draft_gf), cfg.n_vocab, self.draft_config.n_vocab)
         adapters = self._read_adapters(lora, max_loras)  # checked before anything is uploaded
+        batch = max(max_batch, n_parallel)
+        n_blocks = self._kv_blocks(kv_cache_tokens, block_size)
+        self._check_fits([gf] + ([draft_gf] if draft_gf is not None else []), n_blocks * block_size, bucket(batch))
         upload = {"chunk_bytes": chunk_bytes, "max_binding": max_binding, "progress": progress}
         weights, vectors = _upload(dev, gf, **upload)
-        self.kv = self._kv_cache(kv_cache_tokens, block_size)
-        batch = max(max_batch, n_parallel)
+        self.kv = self._kv_cache(n_blocks, block_size)
         self.transformer = Transformer(dev, cfg, weights, vectors, self.kv, max_batch=batch)
         self.draft = None
         if draft_gf is not None:
@@ -162,17 +164,49 @@ class Model:
         self.chat_template = self._chat_template(chat_template)
         self.last_usage: dict[str, Any] = {}
 
-    def _kv_cache(self, tokens: int | None, block_size: int) -> PagedKVCache:
-        """The pool: `tokens` positions (default: n_parallel contexts of up to 1024 tokens, at least one whole
-        context), as many as one binding of the device holds when no number is given."""
+    def _kv_blocks(self, tokens: int | None, block_size: int) -> int:
+        """Blocks of the pool: `tokens` positions (default: n_parallel contexts of up to 1024 tokens, at least one
+        whole context), as many as one binding of the device holds when no number is given."""
         c, info = self.config, self.device.info
         per_token = 4 * c.kv_dim  # bytes per position per layer in K (and in V)
         fit = min(info.max_storage_binding, info.max_buffer) // per_token // block_size * block_size
         if tokens is None:
             tokens = min(max(self.n_ctx, self.n_parallel * min(self.n_ctx, 1024)), fit)
-        n_blocks = max(1, -(-int(tokens) // block_size))
+        return max(1, -(-int(tokens) // block_size))
+
+    def _kv_cache(self, n_blocks: int, block_size: int) -> PagedKVCache:
+        c = self.config
         max_blocks = -(-self.n_ctx // block_size)
         return PagedKVCache(self.device, c.n_layer, c.kv_dim, n_blocks, block_size, self.n_parallel, max_blocks)
+
+    def _check_fits(self, gfs: list[GGUFFile], kv_tokens: int, batch: int) -> None:
+        """Before anything is uploaded: every matrix row fits one storage binding, and the estimated total fits
+        what the device can still allocate where it says (a CPU adapter: the host's available memory)."""
+        info = self.device.info
+        for gf in gfs:
+            for t in gf.tensors:
+                if len(t.shape) >= 2 and t.row_bytes > min(info.max_storage_binding, info.max_buffer):
+                    raise DeviceError(
+                        f"tensor {t.name!r}: one row is {t.row_bytes} bytes, more than the device's storage binding "
+                        f"limit of {info.max_storage_binding} bytes ({info.name})"
+                    )
+        if info.memory is None:
+            return
+        from realm_web.registry import gpu_memory_parts  # (lazily: `python -m realm_web.registry` runs that module)
+
+        parts = [gpu_memory_parts(gf, Config.from_gguf(gf), kv_tokens if i == 0 else 0, batch)
+                 for i, gf in enumerate(gfs)]  # fmt: skip
+        need = sum(sum(p.values()) for p in parts)
+        if need > info.memory:
+            p = parts[0]
+            gib = 2**30
+            raise OutOfMemoryError(
+                f"the model needs about {need / gib:.2f} GiB of GPU memory (weights {p['weights'] / gib:.2f} GiB, KV "
+                f"cache {p['kv_cache'] / gib:.2f} GiB for {kv_tokens} positions, activations "
+                f"{p['activations'] / gib:.2f} GiB{', and the draft model' if len(parts) > 1 else ''}); the device "
+                f"({info.name}) can allocate {info.memory / gib:.2f} GiB: load with a smaller kv_cache_tokens or "
+                "n_ctx, or a smaller quantization"
+            )
 
     # -- LoRA adapters ----------------------------------------------------------------------------------------
     def _read_adapters(self, lora, max_loras: int) -> list[tuple[Adapter, float, str]]:

@@ -46,17 +46,23 @@ def main_quant(gf: GGUFFile) -> str:
     return min(by_bytes, key=lambda name: (-by_bytes[name], name)) if by_bytes else "F32"
 
 
-def estimate_gpu_memory(gf: GGUFFile, cfg: Config, n_ctx: int) -> int:
-    """Bytes of GPU memory a model needs at `n_ctx` tokens of context: a planning figure, not a promise."""
+def gpu_memory_parts(gf: GGUFFile, cfg: Config, kv_tokens: int, max_batch: int = MAX_BATCH) -> dict[str, int]:
+    """Bytes of GPU memory a model needs, by part: its weights, a KV cache of `kv_tokens` positions, and the
+    activation buffers of a step of `max_batch` tokens. A planning figure, not a promise."""
     # Weights: matrices stay in their file layout; norms and biases (1-D) are uploaded as f32.
     weights = sum(t.n_bytes if len(t.shape) >= 2 else 4 * t.n_elements for t in gf.tensors)
-    # KV cache: K and V per layer, [n_ctx][n_head_kv * head_dim] f32 (transformer.py, one sequence).
-    kv = 2 * cfg.n_layer * n_ctx * cfg.kv_dim * 4
-    # Activations: the step buffers of Transformer.__init__ at max_batch tokens, all f32 —
-    # x, xn, o: n_embd; q, attn: q_dim; k, v: kv_dim; gate, up, h: n_ff; logits: n_vocab; ids + tok: 12 bytes.
-    b = MAX_BATCH
-    acts = 4 * b * (3 * cfg.n_embd + 2 * cfg.q_dim + 2 * cfg.kv_dim + 3 * cfg.n_ff + cfg.n_vocab) + 12 * b
-    return weights + kv + acts
+    # KV cache: K and V per layer, [kv_tokens][n_head_kv * head_dim] f32 (kv_cache.py).
+    kv = 2 * cfg.n_layer * kv_tokens * cfg.kv_dim * 4
+    # Activations: the step buffers of Transformer.__init__, all f32 —
+    # x, xn, o, xs: n_embd; q, attn: q_dim; k, v: kv_dim; gate, up, h: n_ff; logits: n_vocab; ids + tok: 12 bytes.
+    b = max_batch
+    acts = 4 * b * (4 * cfg.n_embd + 2 * cfg.q_dim + 2 * cfg.kv_dim + 3 * cfg.n_ff + cfg.n_vocab) + 12 * b
+    return {"weights": weights, "kv_cache": kv, "activations": acts}
+
+
+def estimate_gpu_memory(gf: GGUFFile, cfg: Config, n_ctx: int) -> int:
+    """Bytes of GPU memory a model needs at `n_ctx` tokens of context: a planning figure, not a promise."""
+    return sum(gpu_memory_parts(gf, cfg, n_ctx).values())
 
 
 def record_for(path: str | os.PathLike[str], *, id: str | None = None, url: str | None = None,

@@ -208,3 +208,33 @@ def test_unsupported_rope_scaling_is_refused(tmp_path):
     w.close()
     with pytest.raises(GGUFError, match="rope_freqs"):
         realm_web.load(str(tmp_path / "m.gguf"))
+
+
+def test_a_model_that_cannot_fit_is_refused_before_any_upload(dev):
+    """The estimate (weights + KV cache + activations) is checked against what the device says it can allocate
+    (a CPU adapter: the host's available memory) before a byte is uploaded; a matrix row wider than one storage
+    binding is refused up front too. Both errors name the sizes."""
+    import dataclasses
+
+    from realm_web.device.native import NativeDevice
+    from realm_web.errors import DeviceError, OutOfMemoryError
+
+    if dev.info.memory is None:
+        pytest.skip("this adapter reports no memory size")
+    info = dev.info
+    writes = []
+    write = dev.write
+    try:
+        dev.info = dataclasses.replace(info, memory=3 << 20)
+        dev.write = lambda *a, **k: writes.append(a) or write(*a, **k)
+        with pytest.raises(OutOfMemoryError, match=r"needs about 0\.0\d GiB of GPU memory \(weights .* can allocate"):
+            realm_web.load(str(BUNDLED), device=dev, n_ctx=128)
+        assert writes == []  # refused before the first upload
+    finally:
+        dev.info, dev.write = info, write
+    small = NativeDevice.create(max_storage_binding=256)
+    try:
+        with pytest.raises(DeviceError, match="one row is 272 bytes, more than the device's storage binding limit"):
+            realm_web.load(str(BUNDLED), device=small)
+    finally:
+        small.close()

@@ -29,6 +29,7 @@ class DeviceInfo:
     max_invocations: int = 256  # threads per workgroup
     max_workgroups_per_dim: int = 65535
     max_storage_buffers_per_stage: int = 8
+    memory: int | None = None  # bytes the device can still allocate, where the platform says (None: unknown)
 
     @property
     def subgroups(self) -> bool:
@@ -78,6 +79,10 @@ class Device(Protocol):
         ...
 
     def destroy(self, buf: Buffer) -> None: ...
+
+    def allocated_bytes(self) -> int:
+        """Bytes of every buffer this device holds now."""
+        ...
 
     def close(self) -> None:
         """Free every buffer this device allocated and release the device."""

@@ -268,6 +268,10 @@ class BrowserDevice:
         self._check(f"reading {buf.label!r}")
         return res.to_bytes()[:size]
 
+    def allocated_bytes(self) -> int:
+        """Bytes of every buffer this device holds now (weights, KV cache, activations, uniforms)."""
+        return sum(b.size for b in self._buffers)
+
     def destroy(self, buf: BrowserBuffer) -> None:
         buf.handle.destroy()
         self._buffers = [b for b in self._buffers if b is not buf]

@@ -76,6 +76,19 @@ def _no_adapter(reason: str) -> str:
     )
 
 
+def _host_memory() -> int | None:
+    """MemAvailable of /proc/meminfo: what a CPU adapter (lavapipe), whose buffers are host memory, can still
+    allocate; None where it cannot be read. (wgpu reports no memory size for GPUs.)"""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class NativeDevice:
     def __init__(self, adapter: Any, device: Any, info: DeviceInfo):
         self.adapter = adapter
@@ -137,6 +150,7 @@ class NativeDevice:
             max_invocations=limits["max-compute-invocations-per-workgroup"],
             max_workgroups_per_dim=al["max-compute-workgroups-per-dimension"],
             max_storage_buffers_per_stage=limits["max-storage-buffers-per-shader-stage"],
+            memory=_host_memory() if ai.get("adapter_type") == "CPU" else None,
         )
         return cls(adapter, device, info)
 
@@ -167,6 +181,10 @@ class NativeDevice:
         size = buf.size - offset if size is None else size
         padded = (size + 3) & ~3
         return bytes(self.device.queue.read_buffer(buf.handle, offset, padded))[:size]
+
+    def allocated_bytes(self) -> int:
+        """Bytes of every buffer this device holds now (weights, KV cache, activations, uniforms)."""
+        return sum(b.size for b in self._buffers)
 
     def destroy(self, buf: NativeBuffer) -> None:
         buf.handle.destroy()
