@@ -188,6 +188,7 @@ export async function downloadPart(partHandle, url, record, progress) {
     progress.label(`Downloading ${record.id} (connection lost, retry ${failures}/${MAX_RETRIES})`);
     await sleep(Math.min(500 * 2 ** (failures - 1), 8000));
   };
+  let failed = null;
   try {
     for (;;) {
       if (total != null && have === total) break;
@@ -272,8 +273,15 @@ export async function downloadPart(partHandle, url, record, progress) {
         await retry(new DownloadError(`Downloading ${url}: the connection closed at byte ${have} of ${total}`, { url }));
       }
     }
+  } catch (e) {
+    failed = e;
+    throw e;
   } finally {
-    await writer.close(); // commits what was written (resume later) on success and on failure alike
+    try {
+      await writer.close(); // commits what was written (resume later) on success and on failure alike
+    } catch (e) {
+      if (!failed) throw e; // a stream that errored (storage full) cannot close: report why it errored instead
+    }
   }
   progress.report(have, total);
   return { sha256: hasher.hex(), size: have };
