@@ -7,6 +7,7 @@ process."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -29,8 +30,14 @@ def native():
 
 
 def llama_cpp_greedy(path: Path, n: int) -> tuple[list[int], list[int], list[float]]:
-    np = pytest.importorskip("numpy")
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
+
+    try:
+        import llama_cpp
+    except ImportError:  # the oracle is optional locally (built as /work/shared/ENVIRONMENT.md says), not under CI
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            raise
+        pytest.skip("llama-cpp-python is not installed: the native tokens are not compared with llama.cpp's")
     lc = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False)
     ids = lc.tokenize(large.PROMPT.encode(), add_bos=True)
     lc.eval(ids)
