@@ -54,9 +54,9 @@ def gpu_memory_parts(gf: GGUFFile, cfg: Config, kv_tokens: int, max_batch: int =
     # KV cache: K and V per layer, [kv_tokens][n_head_kv * head_dim] f32 (kv_cache.py).
     kv = 2 * cfg.n_layer * kv_tokens * cfg.kv_dim * 4
     # Activations: the step buffers of Transformer.__init__, all f32 —
-    # x, xn, o, xs: n_embd; q, attn: q_dim; k, v: kv_dim; gate, up, h: n_ff; logits: n_vocab; ids + tok: 12 bytes.
+    # x, xn, xs: n_embd; q, attn: q_dim; k, v: kv_dim; gate, up, h: n_ff; logits: n_vocab; ids + tok: 12 bytes.
     b = max_batch
-    acts = 4 * b * (4 * cfg.n_embd + 2 * cfg.q_dim + 2 * cfg.kv_dim + 3 * cfg.n_ff + cfg.n_vocab) + 12 * b
+    acts = 4 * b * (3 * cfg.n_embd + 2 * cfg.q_dim + 2 * cfg.kv_dim + 3 * cfg.n_ff + cfg.n_vocab) + 12 * b
     return {"weights": weights, "kv_cache": kv, "activations": acts}
 
 

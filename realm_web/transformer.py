@@ -86,7 +86,6 @@ class Transformer:
         self.k = buf(4 * b * c.kv_dim, "k")  # [b, n_head_kv * head_dim]
         self.v = buf(4 * b * c.kv_dim, "v")
         self.attn = buf(4 * b * c.q_dim, "attn")  # [b, n_head * head_dim]
-        self.o = buf(4 * b * c.n_embd, "o")  # [b, n_embd] block output before the residual add
         self.gate = buf(4 * b * c.n_ff, "gate")  # [b, n_ff]
         self.up = buf(4 * b * c.n_ff, "up")
         self.h = buf(4 * b * c.n_ff, "h")
@@ -108,11 +107,12 @@ class Transformer:
 
     # -- recording ----------------------------------------------------------------------------------------------
     def _linear(
-        self, name: str, x: Buffer, y: Buffer, n_tok: int, lora: bool, out_rows: bool = False
+        self, name: str, x: Buffer, y: Buffer, n_tok: int, lora: bool, out_rows: bool = False, epilogue="store"
     ) -> list[Dispatch]:
         # one kernel family for every step size, so a token's row never depends on what it is batched with; the
-        # adapters' products are added after it (a token that selects none keeps the base product bitwise)
-        ds = matmul_batch(self.dev, self.w[name], x, y, n_tok)
+        # adapters' products are added after it (a token that selects none keeps the base product bitwise).
+        # epilogue "add": y += the product (the residual stream takes a block's output in the same dispatch)
+        ds = matmul_batch(self.dev, self.w[name], x, y, n_tok, epilogue=epilogue)
         if lora and self.lora is not None:
             ds += self.lora.apply(name, x, y, n_tok, out_rows=out_rows)
         return ds
@@ -133,14 +133,18 @@ class Transformer:
                            kv.block_size, kv.max_blocks))  # fmt: skip
         ds.append(flash_attn(dev, self.q, kv.k[i], kv.v[i], inp.tok, kv.table, self.attn, n, c.n_head, c.n_head_kv,
                              c.head_dim, kv.block_size, kv.max_blocks, 1.0 / math.sqrt(c.head_dim)))  # fmt: skip
-        ds += self._linear(p + "attn_output.weight", self.attn, self.o, n, lora)
-        ds.append(add(dev, self.x, self.o, self.x, n * c.n_embd))
+        # the block outputs go straight into the residual stream (epilogue "add": x += W·a, the add kernel's sum)
+        ds += self._linear(p + "attn_output.weight", self.attn, self.x, n, lora, epilogue="add")
         ds.append(rms_norm(dev, self.x, self.vec[p + "ffn_norm.weight"], self.xn, n, c.n_embd, c.rms_eps))
         ds += self._linear(p + "ffn_gate.weight", self.xn, self.gate, n, lora)
-        ds += self._linear(p + "ffn_up.weight", self.xn, self.up, n, lora)
-        ds.append(swiglu(dev, self.gate, self.up, self.h, n, c.n_ff))
-        ds += self._linear(p + "ffn_down.weight", self.h, self.o, n, lora)
-        ds.append(add(dev, self.x, self.o, self.x, n * c.n_embd))
+        up = self.w[p + "ffn_up.weight"]
+        if lora and self.lora is not None and up.name in self.lora.pools:
+            # an adapter's product joins up before the gate: SwiGLU as its own kernel (the same arithmetic)
+            ds += self._linear(up.name, self.xn, self.up, n, lora)
+            ds.append(swiglu(dev, self.gate, self.up, self.h, n, c.n_ff))
+        else:  # h = silu(gate) · (W_up·xn) in the up projection's dispatch
+            ds += matmul_batch(dev, up, self.xn, self.h, n, epilogue="swiglu", aux=self.gate)
+        ds += self._linear(p + "ffn_down.weight", self.h, self.x, n, lora, epilogue="add")
         return ds
 
     def _record(self, n: int, n_out: int, lane: int, lora: bool) -> Step:

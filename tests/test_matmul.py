@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from gpu import random_tensor, read_f32, upload_array, weight
 
+from realm_web.kernels.elementwise import swiglu
 from realm_web.kernels.matmul import BATCH_SMALL_WG, batch_wg, get_rows, matmul, matmul_batch, matvec
 from realm_web.quants import BY_NAME, COMPUTE_TYPES
 
@@ -191,3 +192,45 @@ def test_matmul_batch_tiles_and_workgroups_change_no_bit(dev, rng, type_name):
 def test_matmul_is_batch_invariant(dev, rng, type_name):
     """The same property for the tiled matmul (matmul_batch's route on GPUs): tokens never mix within a tile."""
     _batch_invariance(dev, matmul, type_name, rng, 67, 512, (3, 8, 13))
+
+
+@pytest.mark.parametrize("kernel", [matmul_batch, matmul], ids=["matmul_batch", "matmul"])
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K", "F16"])
+def test_matmul_epilogues(dev, rng, kernel, type_name):
+    """The residual and SwiGLU epilogues against numpy, and bitwise what the separate add and swiglu kernels
+    compute from the plain product (so fusing them into the product's dispatch changes no result)."""
+    n_rows, k = shapes(type_name)[1]
+    data, ref = random_tensor(type_name, n_rows, k, rng)
+    w = weight(dev, type_name, data, n_rows, k)
+    for n_tok in (1, 13):
+        x, xp = _batch_inputs(rng, n_tok, k)
+        xb = upload_array(dev, xp)
+        prod = x.astype(np.float64) @ ref.T
+        plain = dev.create_buffer(4 * n_tok * n_rows, "y")
+        dev.submit(kernel(dev, w, xb, plain, n_tok))
+        y_plain = read_f32(dev, plain, n_tok * n_rows).reshape(n_tok, n_rows)
+
+        resid = (rng.standard_normal((n_tok, n_rows)) * 4).astype(np.float32)
+        yb = upload_array(dev, resid)
+        dev.submit(kernel(dev, w, xb, yb, n_tok, epilogue="add"))
+        y = read_f32(dev, yb, n_tok * n_rows).reshape(n_tok, n_rows)
+        np.testing.assert_array_equal(y, resid + y_plain)  # IEEE f32 addition, as the add kernel does
+        np.testing.assert_allclose(y, resid + prod, rtol=1e-4, atol=1e-4 * np.abs(prod).max())
+
+        gate = (rng.standard_normal((n_tok, n_rows)) * 3).astype(np.float32)
+        gb, hb, hs = (
+            upload_array(dev, gate),
+            dev.create_buffer(4 * n_tok * n_rows, "h"),
+            dev.create_buffer(4 * n_tok * n_rows, "h_sep"),
+        )
+        dev.submit(kernel(dev, w, xb, hb, n_tok, epilogue="swiglu", aux=gb))
+        dev.submit([swiglu(dev, gb, plain, hs, n_tok, n_rows)])
+        h = read_f32(dev, hb, n_tok * n_rows).reshape(n_tok, n_rows)
+        np.testing.assert_array_equal(h.view(np.uint32).ravel(), read_f32(dev, hs, n_tok * n_rows).view(np.uint32))
+        g64 = gate.astype(np.float64)
+        want = g64 / (1 + np.exp(-g64)) * prod
+        np.testing.assert_allclose(h, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    with pytest.raises(ValueError, match="aux"):
+        kernel(dev, w, xb, hb, 1, epilogue="swiglu")
+    with pytest.raises(ValueError, match="epilogue"):
+        kernel(dev, w, xb, hb, 1, epilogue="mul")

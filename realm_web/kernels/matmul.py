@@ -48,6 +48,24 @@ def batch_rows(type_name: str, fused: bool) -> int:
     return BATCH_ROWS_FUSED.get(type_name, 4) if fused else 4
 
 
+# how a product is written (shaders/epilogue.wgsl.j2's EPILOGUE): y = v; y += v (a residual); y = silu(aux) · v
+EPILOGUES = {"store": 0, "add": 1, "swiglu": 2}
+
+
+def _epilogue(dev: Device, epilogue: str, aux: Buffer | None) -> tuple[Buffer, int]:
+    """The aux buffer to bind and the EPILOGUE constant: SwiGLU needs the gate product as aux; the others bind a
+    16-byte stand-in (one per device)."""
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"epilogue {epilogue!r} is not one of {sorted(EPILOGUES)}")
+    if (epilogue == "swiglu") != (aux is not None):
+        raise ValueError("the swiglu epilogue takes the gate product as aux, and only it takes aux")
+    if aux is None:
+        aux = getattr(dev, "_epilogue_stand_in", None)
+        if aux is None:
+            aux = dev._epilogue_stand_in = dev.create_buffer(16, "epilogue.unused")
+    return aux, EPILOGUES[epilogue]
+
+
 def _ceil4(n: int) -> int:
     return (n + 3) & ~3
 
@@ -102,22 +120,26 @@ def matmul(
     x_stride: int | None = None,
     y_stride: int | None = None,
     y_col: int = 0,
+    epilogue: str = "store",
+    aux: Buffer | None = None,
 ) -> list[Dispatch]:
     """Y[n, y_col + r] = sum_k W[r, k] X[n, k] for n < n_tok. Strides in f32 elements; the input stride must be
-    a multiple of 4, as for matvec."""
+    a multiple of 4, as for matvec. `epilogue`: "store" (Y = the product), "add" (Y += it: a residual) or
+    "swiglu" (Y = silu(aux) · it, aux the gate product laid out like Y)."""
     x_stride = _ceil4(w.row_elems) if x_stride is None else x_stride
     if x_stride % 4:
         raise ValueError(f"matmul input stride {x_stride} is not a multiple of 4")
     y_stride = w.n_rows if y_stride is None else y_stride
     name = f"matmul_{w.type.name.lower()}"
     wg = pow2_at_most(64, dev.info.max_invocations)
+    aux, epi = _epilogue(dev, epilogue, aux)
     out = []
     for part in w.parts:
         gx, gy = fold(-(-part.n_rows // wg), dev.info.max_workgroups_per_dim)
         params = u32s(w.row_elems, part.n_rows, w.row_bytes, _units(w), n_tok, x_stride, y_stride,
                       y_col + part.row_begin, gx)  # fmt: skip
         gz = -(-n_tok // MATMUL_TN)
-        out.append(build(dev, name, params, [part.buffer, x, y], (gx, gy, gz), {"WG": wg}))
+        out.append(build(dev, name, params, [part.buffer, x, y, aux], (gx, gy, gz), {"WG": wg, "EPILOGUE": epi}))
     return out
 
 
@@ -145,15 +167,19 @@ def matmul_batch(
     y_col: int = 0,
     tn_max: int | None = None,
     wg: int | None = None,
+    epilogue: str = "store",
+    aux: Buffer | None = None,
 ) -> list[Dispatch]:
     """Y[n, y_col + r] = sum_k W[r, k] X[n, k] for n < n_tok, as `matmul` (same strides), for batches of any size.
     On CPU adapters: matmul_rows, which reads each weight block once for a tile of tokens. Either way a token's
     row of Y is bitwise the same whatever n_tok and wherever the token sits in the batch (each token's sums run
     in one fixed order, with no cross-token reduction), so a batched sequence reproduces its solo output.
+    `epilogue` and `aux` as for `matmul`: a residual add or the SwiGLU gate in the same dispatch.
     `tn_max` (tiles of at most that many tokens) and `wg` (workgroup size) override matmul_rows' choices, for
     benchmarks: neither changes a result."""
     if dev.info.adapter_type != "CPU":
-        return matmul(dev, w, x, y, n_tok, x_stride=x_stride, y_stride=y_stride, y_col=y_col)
+        return matmul(dev, w, x, y, n_tok, x_stride=x_stride, y_stride=y_stride, y_col=y_col, epilogue=epilogue,
+                      aux=aux)  # fmt: skip
     x_stride = _ceil4(w.row_elems) if x_stride is None else x_stride
     if x_stride % 4:
         raise ValueError(f"matmul_batch input stride {x_stride} is not a multiple of 4")
@@ -163,6 +189,7 @@ def matmul_batch(
     unit = t in BATCH_FUSED and not fused
     sg = dev.info.subgroups
     rb = batch_rows(t, fused)
+    aux, epi = _epilogue(dev, epilogue, aux)
     out = []
     for part in w.parts:
         g = batch_wg(part.n_rows, rb, dev.info.max_invocations) if wg is None else wg
@@ -171,7 +198,8 @@ def matmul_batch(
             name = f"matmul_rows_{t.lower()}{'_unit' if unit else ''}_t{tn}{'_sg' if sg else ''}"
             params = u32s(w.row_elems, part.n_rows, w.row_bytes, _units(w), n_tok, x_stride, y_stride,
                           y_col + part.row_begin, gx, tok0)  # fmt: skip
-            out.append(build(dev, name, params, [part.buffer, x, y], (gx, gy, n_tiles), {"WG": g}))
+            constants = {"WG": g, "EPILOGUE": epi}
+            out.append(build(dev, name, params, [part.buffer, x, y, aux], (gx, gy, n_tiles), constants))
     return out
 
 

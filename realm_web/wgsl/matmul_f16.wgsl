@@ -103,6 +103,27 @@ fn scale_min_k4(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<f32> {
     return vec2<f32>(select(lo, hi, j >= 4u));
 }
 
+@group(0) @binding(4) var<storage, read> aux: array<f32>;
+
+override EPILOGUE: u32 = 0u;
+
+// x · sigmoid(x) with exp of a non-positive argument only: no overflow for large |x|.
+fn silu(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    let sig = select(e, 1.0, x >= 0.0) / (1.0 + e);
+    return x * sig;
+}
+
+fn put_y(i: u32, v: f32) {
+    if (EPILOGUE == 1u) {
+        y[i] = y[i] + v;
+    } else if (EPILOGUE == 2u) {
+        y[i] = silu(aux[i]) * v;
+    } else {
+        y[i] = v;
+    }
+}
+
 // F16: IEEE half, 2 bytes an element. A unit is 32 consecutive elements; past K they read as 0 (rows of
 // float tensors need not be multiples of 32, and rows of odd K start at 2-aligned bytes).
 const UNIT: u32 = 32u;
@@ -161,7 +182,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     if (row < p.n_rows) {
         for (var j = 0u; j < TN && n0 + j < p.n_tok; j++) {
-            y[(n0 + j) * p.y_stride + p.y_offset + row] = acc[j];
+            put_y((n0 + j) * p.y_stride + p.y_offset + row, acc[j]);
         }
     }
 }

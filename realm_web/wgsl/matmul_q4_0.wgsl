@@ -103,6 +103,27 @@ fn scale_min_k4(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<f32> {
     return vec2<f32>(select(lo, hi, j >= 4u));
 }
 
+@group(0) @binding(4) var<storage, read> aux: array<f32>;
+
+override EPILOGUE: u32 = 0u;
+
+// x · sigmoid(x) with exp of a non-positive argument only: no overflow for large |x|.
+fn silu(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    let sig = select(e, 1.0, x >= 0.0) / (1.0 + e);
+    return x * sig;
+}
+
+fn put_y(i: u32, v: f32) {
+    if (EPILOGUE == 1u) {
+        y[i] = y[i] + v;
+    } else if (EPILOGUE == 2u) {
+        y[i] = silu(aux[i]) * v;
+    } else {
+        y[i] = v;
+    }
+}
+
 // Q4_0 (ggml-common.h block_q4_0): { f16 d; uint8 qs[16]; } = 18 bytes. Element j < 16 is the low nibble
 // of qs[j], element j + 16 its high nibble; x = (q - 8) * d (ggml-quants.c dequantize_row_q4_0).
 const UNIT: u32 = 32u;
@@ -158,7 +179,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     if (row < p.n_rows) {
         for (var j = 0u; j < TN && n0 + j < p.n_tok; j++) {
-            y[(n0 + j) * p.y_stride + p.y_offset + row] = acc[j];
+            put_y((n0 + j) * p.y_stride + p.y_offset + row, acc[j]);
         }
     }
 }

@@ -103,6 +103,27 @@ fn scale_min_k4(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<f32> {
     return vec2<f32>(select(lo, hi, j >= 4u));
 }
 
+@group(0) @binding(4) var<storage, read> aux: array<f32>;
+
+override EPILOGUE: u32 = 0u;
+
+// x · sigmoid(x) with exp of a non-positive argument only: no overflow for large |x|.
+fn silu(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    let sig = select(e, 1.0, x >= 0.0) / (1.0 + e);
+    return x * sig;
+}
+
+fn put_y(i: u32, v: f32) {
+    if (EPILOGUE == 1u) {
+        y[i] = y[i] + v;
+    } else if (EPILOGUE == 2u) {
+        y[i] = silu(aux[i]) * v;
+    } else {
+        y[i] = v;
+    }
+}
+
 // Q5_1 (ggml-common.h block_q5_1): { f16 d; f16 m; uint8 qh[4]; uint8 qs[16]; } = 24 bytes (word-aligned).
 // Element j < 16 is the low nibble of qs[j] with bit j of qh (a little-endian u32) as bit 4, element j + 16
 // the high nibble with bit j + 16; x = d * q + m (ggml-quants.c dequantize_row_q5_1).
@@ -156,7 +177,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     if (row < p.n_rows) {
         for (var j = 0u; j < TN && n0 + j < p.n_tok; j++) {
-            y[(n0 + j) * p.y_stride + p.y_offset + row] = acc[j];
+            put_y((n0 + j) * p.y_stride + p.y_offset + row, acc[j]);
         }
     }
 }

@@ -103,6 +103,27 @@ fn scale_min_k4(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<f32> {
     return vec2<f32>(select(lo, hi, j >= 4u));
 }
 
+@group(0) @binding(4) var<storage, read> aux: array<f32>;
+
+override EPILOGUE: u32 = 0u;
+
+// x · sigmoid(x) with exp of a non-positive argument only: no overflow for large |x|.
+fn silu(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    let sig = select(e, 1.0, x >= 0.0) / (1.0 + e);
+    return x * sig;
+}
+
+fn put_y(i: u32, v: f32) {
+    if (EPILOGUE == 1u) {
+        y[i] = y[i] + v;
+    } else if (EPILOGUE == 2u) {
+        y[i] = silu(aux[i]) * v;
+    } else {
+        y[i] = v;
+    }
+}
+
 // Q6_K (ggml-common.h block_q6_K): { uint8 ql[128]; uint8 qh[64]; int8 scales[16]; f16 d; } = 210 bytes
 // for 256 elements. Unit j (of 8), h = j / 4: low 4 bits are nibble (j / 2) % 2 of
 // ql[64h + 32 * (j % 2) ..][0..32], high 2 bits come from qh[32h ..][0..32] at shift 2 * (j % 4); its
@@ -163,7 +184,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     if (row < p.n_rows) {
         for (var j = 0u; j < TN && n0 + j < p.n_tok; j++) {
-            y[(n0 + j) * p.y_stride + p.y_offset + row] = acc[j];
+            put_y((n0 + j) * p.y_stride + p.y_offset + row, acc[j]);
         }
     }
 }

@@ -103,6 +103,27 @@ fn scale_min_k4(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<f32> {
     return vec2<f32>(select(lo, hi, j >= 4u));
 }
 
+@group(0) @binding(4) var<storage, read> aux: array<f32>;
+
+override EPILOGUE: u32 = 0u;
+
+// x · sigmoid(x) with exp of a non-positive argument only: no overflow for large |x|.
+fn silu(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    let sig = select(e, 1.0, x >= 0.0) / (1.0 + e);
+    return x * sig;
+}
+
+fn put_y(i: u32, v: f32) {
+    if (EPILOGUE == 1u) {
+        y[i] = y[i] + v;
+    } else if (EPILOGUE == 2u) {
+        y[i] = silu(aux[i]) * v;
+    } else {
+        y[i] = v;
+    }
+}
+
 // Q8_0 (ggml-common.h block_q8_0): { f16 d; int8 qs[32]; } = 34 bytes; x = d * q.
 const UNIT: u32 = 32u;
 const BLOCK_BYTES: u32 = 34u;
@@ -150,7 +171,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     if (row < p.n_rows) {
         for (var j = 0u; j < TN && n0 + j < p.n_tok; j++) {
-            y[(n0 + j) * p.y_stride + p.y_offset + row] = acc[j];
+            put_y((n0 + j) * p.y_stride + p.y_offset + row, acc[j]);
         }
     }
 }

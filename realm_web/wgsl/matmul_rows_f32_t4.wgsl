@@ -101,6 +101,27 @@ fn scale_min_k4(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<f32> {
     return vec2<f32>(select(lo, hi, j >= 4u));
 }
 
+@group(0) @binding(4) var<storage, read> aux: array<f32>;
+
+override EPILOGUE: u32 = 0u;
+
+// x · sigmoid(x) with exp of a non-positive argument only: no overflow for large |x|.
+fn silu(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    let sig = select(e, 1.0, x >= 0.0) / (1.0 + e);
+    return x * sig;
+}
+
+fn put_y(i: u32, v: f32) {
+    if (EPILOGUE == 1u) {
+        y[i] = y[i] + v;
+    } else if (EPILOGUE == 2u) {
+        y[i] = silu(aux[i]) * v;
+    } else {
+        y[i] = v;
+    }
+}
+
 // F32: 4 bytes an element. A unit is 32 consecutive elements; past K they read as 0 (rows of float
 // tensors need not be multiples of 32).
 const UNIT: u32 = 32u;
@@ -448,61 +469,61 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (n0 + 0u < p.n_tok) {
         let yb = (n0 + 0u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[0];
+            put_y(yb + 0u, acc[0]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[4];
+            put_y(yb + 1u, acc[4]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[8];
+            put_y(yb + 2u, acc[8]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[12];
+            put_y(yb + 3u, acc[12]);
         }
     }
     if (n0 + 1u < p.n_tok) {
         let yb = (n0 + 1u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[1];
+            put_y(yb + 0u, acc[1]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[5];
+            put_y(yb + 1u, acc[5]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[9];
+            put_y(yb + 2u, acc[9]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[13];
+            put_y(yb + 3u, acc[13]);
         }
     }
     if (n0 + 2u < p.n_tok) {
         let yb = (n0 + 2u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[2];
+            put_y(yb + 0u, acc[2]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[6];
+            put_y(yb + 1u, acc[6]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[10];
+            put_y(yb + 2u, acc[10]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[14];
+            put_y(yb + 3u, acc[14]);
         }
     }
     if (n0 + 3u < p.n_tok) {
         let yb = (n0 + 3u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[3];
+            put_y(yb + 0u, acc[3]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[7];
+            put_y(yb + 1u, acc[7]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[11];
+            put_y(yb + 2u, acc[11]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[15];
+            put_y(yb + 3u, acc[15]);
         }
     }
 }

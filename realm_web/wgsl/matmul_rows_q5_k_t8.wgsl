@@ -101,6 +101,27 @@ fn scale_min_k4(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<f32> {
     return vec2<f32>(select(lo, hi, j >= 4u));
 }
 
+@group(0) @binding(4) var<storage, read> aux: array<f32>;
+
+override EPILOGUE: u32 = 0u;
+
+// x · sigmoid(x) with exp of a non-positive argument only: no overflow for large |x|.
+fn silu(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    let sig = select(e, 1.0, x >= 0.0) / (1.0 + e);
+    return x * sig;
+}
+
+fn put_y(i: u32, v: f32) {
+    if (EPILOGUE == 1u) {
+        y[i] = y[i] + v;
+    } else if (EPILOGUE == 2u) {
+        y[i] = silu(aux[i]) * v;
+    } else {
+        y[i] = v;
+    }
+}
+
 // Q5_K (ggml-common.h block_q5_K): { f16 d; f16 dmin; uint8 scales[12]; uint8 qh[32]; uint8 qs[128]; }
 // = 176 bytes (word-aligned) for 256 elements. Unit j (of 8) is nibble j % 2 (low first) of
 // qs[32 * (j / 2) ..][0..32] with bit j of qh[0..32] as bit 4; its 6-bit scale and min are
@@ -636,121 +657,121 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (n0 + 0u < p.n_tok) {
         let yb = (n0 + 0u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[0];
+            put_y(yb + 0u, acc[0]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[8];
+            put_y(yb + 1u, acc[8]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[16];
+            put_y(yb + 2u, acc[16]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[24];
+            put_y(yb + 3u, acc[24]);
         }
     }
     if (n0 + 1u < p.n_tok) {
         let yb = (n0 + 1u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[1];
+            put_y(yb + 0u, acc[1]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[9];
+            put_y(yb + 1u, acc[9]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[17];
+            put_y(yb + 2u, acc[17]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[25];
+            put_y(yb + 3u, acc[25]);
         }
     }
     if (n0 + 2u < p.n_tok) {
         let yb = (n0 + 2u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[2];
+            put_y(yb + 0u, acc[2]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[10];
+            put_y(yb + 1u, acc[10]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[18];
+            put_y(yb + 2u, acc[18]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[26];
+            put_y(yb + 3u, acc[26]);
         }
     }
     if (n0 + 3u < p.n_tok) {
         let yb = (n0 + 3u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[3];
+            put_y(yb + 0u, acc[3]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[11];
+            put_y(yb + 1u, acc[11]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[19];
+            put_y(yb + 2u, acc[19]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[27];
+            put_y(yb + 3u, acc[27]);
         }
     }
     if (n0 + 4u < p.n_tok) {
         let yb = (n0 + 4u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[4];
+            put_y(yb + 0u, acc[4]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[12];
+            put_y(yb + 1u, acc[12]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[20];
+            put_y(yb + 2u, acc[20]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[28];
+            put_y(yb + 3u, acc[28]);
         }
     }
     if (n0 + 5u < p.n_tok) {
         let yb = (n0 + 5u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[5];
+            put_y(yb + 0u, acc[5]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[13];
+            put_y(yb + 1u, acc[13]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[21];
+            put_y(yb + 2u, acc[21]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[29];
+            put_y(yb + 3u, acc[29]);
         }
     }
     if (n0 + 6u < p.n_tok) {
         let yb = (n0 + 6u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[6];
+            put_y(yb + 0u, acc[6]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[14];
+            put_y(yb + 1u, acc[14]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[22];
+            put_y(yb + 2u, acc[22]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[30];
+            put_y(yb + 3u, acc[30]);
         }
     }
     if (n0 + 7u < p.n_tok) {
         let yb = (n0 + 7u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[7];
+            put_y(yb + 0u, acc[7]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[15];
+            put_y(yb + 1u, acc[15]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[23];
+            put_y(yb + 2u, acc[23]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[31];
+            put_y(yb + 3u, acc[31]);
         }
     }
 }

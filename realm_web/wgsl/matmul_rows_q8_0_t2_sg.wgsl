@@ -103,6 +103,27 @@ fn scale_min_k4(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<f32> {
     return vec2<f32>(select(lo, hi, j >= 4u));
 }
 
+@group(0) @binding(4) var<storage, read> aux: array<f32>;
+
+override EPILOGUE: u32 = 0u;
+
+// x · sigmoid(x) with exp of a non-positive argument only: no overflow for large |x|.
+fn silu(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    let sig = select(e, 1.0, x >= 0.0) / (1.0 + e);
+    return x * sig;
+}
+
+fn put_y(i: u32, v: f32) {
+    if (EPILOGUE == 1u) {
+        y[i] = y[i] + v;
+    } else if (EPILOGUE == 2u) {
+        y[i] = silu(aux[i]) * v;
+    } else {
+        y[i] = v;
+    }
+}
+
 // Q8_0 (ggml-common.h block_q8_0): { f16 d; int8 qs[32]; } = 34 bytes; x = d * q.
 const UNIT: u32 = 32u;
 const BLOCK_BYTES: u32 = 34u;
@@ -448,55 +469,55 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (n0 + 0u < p.n_tok) {
         let yb = (n0 + 0u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[0];
+            put_y(yb + 0u, acc[0]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[2];
+            put_y(yb + 1u, acc[2]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[4];
+            put_y(yb + 2u, acc[4]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[6];
+            put_y(yb + 3u, acc[6]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[8];
+            put_y(yb + 4u, acc[8]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[10];
+            put_y(yb + 5u, acc[10]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[12];
+            put_y(yb + 6u, acc[12]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[14];
+            put_y(yb + 7u, acc[14]);
         }
     }
     if (n0 + 1u < p.n_tok) {
         let yb = (n0 + 1u) * p.y_stride + p.y_offset + r0;
         if (r0 + 0u < p.n_rows) {
-            y[yb + 0u] = acc[1];
+            put_y(yb + 0u, acc[1]);
         }
         if (r0 + 1u < p.n_rows) {
-            y[yb + 1u] = acc[3];
+            put_y(yb + 1u, acc[3]);
         }
         if (r0 + 2u < p.n_rows) {
-            y[yb + 2u] = acc[5];
+            put_y(yb + 2u, acc[5]);
         }
         if (r0 + 3u < p.n_rows) {
-            y[yb + 3u] = acc[7];
+            put_y(yb + 3u, acc[7]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[9];
+            put_y(yb + 4u, acc[9]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[11];
+            put_y(yb + 5u, acc[11]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[13];
+            put_y(yb + 6u, acc[13]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[15];
+            put_y(yb + 7u, acc[15]);
         }
     }
 }
