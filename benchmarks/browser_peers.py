@@ -1,25 +1,37 @@
-"""The browser half of the side-by-side benchmark: realm_web's JS SDK and wllama, in headless Chromium.
+"""The browser half of the side-by-side benchmark: realm_web's JS SDK and wllama (2.x and 3.x), in headless Chromium.
 
     .venv/bin/python benchmarks/browser_peers.py [-m MODEL.gguf] [--prompt 64] [--gen 32] [--chromium PATH]
+                                                 [--engines realm_browser,wllama,wllama3]
 
-Both engines get the same GGUF file (served from 127.0.0.1) and the same prompt token ids, and are measured as
-`common` defines: load_s from the engine's create/load call to ready (the download from the local server, the
-browser-cache copy and any hashing included), ttft_s from submitting the prompt to having the first new token
-id on the page, prefill_tok_s = n_prompt / ttft_s, decode_tok_s = n_gen one-token greedy steps (EOS ignored) ÷
-their time. Each engine gets its own fresh headless Chromium (a new profile, so nothing is cached), and
-peak_rss_mb is the peak over load and benchmark of the summed proportional set size (PSS) of that Chromium's
-processes (browser, GPU, renderer, workers), so pages they share count once.
+All engines get the same GGUF file (served from 127.0.0.1) and the same prompt token ids (wllama 3.x: a text of
+exactly as many tokens, see below), and are measured as `common` defines: load_s from the engine's create/load
+call to ready (the download from the local server, the browser-cache copy and any hashing included), ttft_s from
+submitting the prompt to having the first new token on the page, prefill_tok_s = n_prompt / ttft_s, decode_tok_s =
+n_gen one-token greedy steps (EOS ignored) ÷ their time. Each engine gets its own fresh headless Chromium (a new
+profile, so nothing is cached), and peak_rss_mb is the peak over load and benchmark of the summed proportional set
+size (PSS) of that Chromium's processes (browser, GPU, renderer, workers), so pages they share count once.
 
 realm_browser: realm_web's SDK (`createEngine` with the server's registry, then `engine.benchmark({promptIds,
 nGen})`, which runs realm_web.bench.bench_model under Pyodide on the browser's WebGPU adapter; SwiftShader
 without a GPU). Its timings are taken inside the engine's worker, around the prefill and decode calls.
 
-wllama: `@wllama/wllama` (llama.cpp compiled to wasm; CPU; pinned in benchmarks/web/package.json, installed
+wllama: `@wllama/wllama` 2.x (llama.cpp compiled to wasm; CPU; pinned in benchmarks/web/package.json, installed
 with `npm ci` on first use), multithreaded with os.cpu_count() threads: the harness page is served
-cross-origin isolated (COOP/COEP), which SharedArrayBuffer and so wasm threads need. Version 2.x, because its
-low-level API takes token ids (decode, samplingSample, samplingAccept); wllama 3.x only takes text prompts (its
-llama.cpp server loop rejects a prompt of ids: "type must be string, but is array"). The page times prefill
-(decode of the ids, then sampling the first token) and each decode step itself (benchmarks/web/wllama_bench.js).
+cross-origin isolated (COOP/COEP), which SharedArrayBuffer and so wasm threads need. Its low-level API takes token
+ids (decode, samplingSample, samplingAccept); the page times prefill (decode of the ids, then sampling the first
+token) and each decode step itself (benchmarks/web/wllama_bench.js).
+
+wllama3: wllama 3.x (the npm alias `wllama3` beside 2.x; llama.cpp's server loop in wasm, with llama.cpp's WebGPU
+backend), same page, threads and install. 3.x takes text only (its server loop rejects a prompt of ids), so it gets
+`common.bench_text`: a text that the model's tokenizer (realm_web's, which matches llama.cpp's) turns into exactly
+n_prompt tokens, BOS included; llama.cpp's own count (usage.prompt_tokens, timings.prompt_n, nothing cached) is
+checked. One streamed completion of n_gen + 1 tokens (temperature 0, ignore_eos, cache_prompt off) is timed on the
+page: ttft to the first chunk carrying a token, decode from there to the last (benchmarks/web/wllama3_bench.js);
+llama.cpp's own timings go into "notes". It is asked to put every layer on WebGPU (n_gpu_layers), but llama.cpp's
+WebGPU backend needs shader-f16, which SwiftShader lacks: wllama 3 then silently runs its wasm CPU path while
+isSupportWebGPU() says true. So "adapter" is read from llama.cpp's log (`ggml_webgpu: adapter_info`, each layer's
+"assigned to device ..."), the page's adapter and its shader-f16 go into "webgpu_adapter" and "shader_f16", and the
+log lines into "device_log".
 """
 
 from __future__ import annotations
@@ -35,12 +47,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 if __package__:
-    from .common import PeakRSS, Unavailable, _procs, bench_prompt, descendants
+    from .common import PeakRSS, Unavailable, _procs, bench_prompt, bench_text, descendants
 else:  # run as a script, or imported with benchmarks/ on sys.path
-    from common import PeakRSS, Unavailable, _procs, bench_prompt, descendants  # type: ignore[no-redef]
+    from common import PeakRSS, Unavailable, _procs, bench_prompt, bench_text, descendants  # type: ignore[no-redef]
 
 WEB = Path(__file__).resolve().parent / "web"
-WLLAMA_PKG = WEB / "node_modules" / "@wllama" / "wllama"
+WLLAMA_PKG = WEB / "node_modules" / "@wllama" / "wllama"  # 2.x
+WLLAMA3_PKG = WEB / "node_modules" / "wllama3"  # 3.x, installed beside it under an npm alias
 WLLAMA_MAX_BYTES = 2**31 - 1  # wllama README: one file must fit an ArrayBuffer (2 GB); bigger needs splitting
 BASE_ARGS = [
     "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -192,20 +205,20 @@ def realm_browser(gguf: str, prompt: list[int], n_gen: int, *, chromium: str = "
 # -- wllama -----------------------------------------------------------------------------------------------------
 
 
-def _install_wllama() -> str:
-    """Install benchmarks/web's pinned packages (npm ci) when missing; the installed wllama version."""
+def _install_wllama(pkg: Path) -> str:
+    """Install benchmarks/web's pinned packages (npm ci) when `pkg` is missing; the installed version of `pkg`."""
     import subprocess
 
-    if not (WLLAMA_PKG / "package.json").is_file():
+    if not (pkg / "package.json").is_file():
         try:
             p = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB, capture_output=True, text=True,
                                timeout=600)  # fmt: skip
         except (OSError, subprocess.TimeoutExpired) as e:
             raise Unavailable(f"npm ci in {WEB} failed: {e}") from None
-        if p.returncode != 0 or not (WLLAMA_PKG / "package.json").is_file():
+        if p.returncode != 0 or not (pkg / "package.json").is_file():
             err = (p.stderr or p.stdout).strip().splitlines()[-5:]
             raise Unavailable(f"npm ci in {WEB} failed (exit {p.returncode}): " + " | ".join(err))
-    return json.loads((WLLAMA_PKG / "package.json").read_text())["version"]
+    return json.loads((pkg / "package.json").read_text())["version"]
 
 
 def _wllama_server(gguf: str):
@@ -217,37 +230,115 @@ def _wllama_server(gguf: str):
     return srv, f"{srv.url}models/{path.name}"
 
 
-_WLLAMA_JS = """async (args) => {
+_WLLAMA_JS = """async ({ module, ...args }) => {
     if (!self.crossOriginIsolated && args.nThreads > 1) throw new Error('the page is not cross-origin isolated');
-    return (await import('/wllama_bench.js')).run(args);
+    return (await import(module)).run(args);
 }"""
+
+
+def _run_wllama(what: str, pkg: Path, module: str, gguf: str, args: dict, chromium: str) -> tuple[dict, float, str]:
+    """Run benchmarks/web/`module`'s run(args) in a fresh Chromium on the cross-origin isolated harness page, with
+    os.cpu_count() threads and the model at args["modelUrl"]: (its result, peak PSS in MiB, wllama's version)."""
+    size = Path(gguf).stat().st_size
+    if size > WLLAMA_MAX_BYTES:
+        raise Unavailable(f"{Path(gguf).name} is {size / 2**30:.2f} GiB: wllama loads one file only up to 2 GB "
+                          "(ArrayBuffer limit); the model would have to be split with llama-gguf-split")  # fmt: skip
+    version = _install_wllama(pkg)
+    srv, model_url = _wllama_server(gguf)
+    try:
+        with _Browser(chromium) as b, PeakRSS(b.pid, interval=0.1, pss=True) as mem:
+            b.page.goto(srv.url + "wllama.html")
+            r = b.evaluate(what, _WLLAMA_JS, {"module": module, "modelUrl": model_url,
+                                              "nThreads": os.cpu_count() or 1, **args})  # fmt: skip
+    finally:
+        srv.shutdown()
+    return r, mem.peak_mb, version
+
+
+def _threads(r: dict) -> str:
+    threads = r["threads"] if r["multithread"] else 1
+    return f"{threads} thread{'s' * (threads != 1)}"
 
 
 def wllama(gguf: str, prompt: list[int], n_gen: int, *, chromium: str = "/usr/bin/chromium") -> dict:
     """wllama (llama.cpp in wasm, CPU, os.cpu_count() threads) in headless Chromium: loadModelFromUrl from the
     local server, then its low-level API (decode, samplingSample, samplingAccept) on the exact prompt ids, greedy,
     timed on the page (benchmarks/web/wllama_bench.js)."""
-    size = Path(gguf).stat().st_size
-    if size > WLLAMA_MAX_BYTES:
-        raise Unavailable(f"{Path(gguf).name} is {size / 2**30:.2f} GiB: wllama loads one file only up to 2 GB "
-                          "(ArrayBuffer limit); the model would have to be split with llama-gguf-split")  # fmt: skip
-    version = _install_wllama()
-    n_threads = os.cpu_count() or 1
     n_ctx = n_ctx_for(len(prompt), n_gen)
-    srv, model_url = _wllama_server(gguf)
-    try:
-        with _Browser(chromium) as b, PeakRSS(b.pid, interval=0.1, pss=True) as mem:
-            b.page.goto(srv.url + "wllama.html")
-            args = {"modelUrl": model_url, "prompt": list(prompt), "nGen": n_gen, "nCtx": n_ctx, "nThreads": n_threads}
-            r = b.evaluate("wllama", _WLLAMA_JS, args)
-    finally:
-        srv.shutdown()
+    args = {"prompt": list(prompt), "nGen": n_gen, "nCtx": n_ctx}
+    r, peak_mb, version = _run_wllama("wllama", WLLAMA_PKG, "/wllama_bench.js", gguf, args, chromium)
     if len(r["ids"]) != n_gen + 1:
         raise Unavailable(f"wllama produced {len(r['ids'])} tokens, not {n_gen + 1}")
-    threads = r["threads"] if r["multithread"] else 1
-    adapter = f"wasm (llama.cpp {r['libllama']}), {threads} thread{'s' * (threads != 1)}"
+    adapter = f"wasm (llama.cpp {r['libllama']}), {_threads(r)}"
     notes = f"wllama {version}, CPU, n_ctx {r['n_ctx']}, cross-origin isolated: {r['cross_origin_isolated']}"
-    return _result("wllama", r, len(prompt), n_gen, mem.peak_mb, adapter, notes)
+    return _result("wllama", r, len(prompt), n_gen, peak_mb, adapter, notes)
+
+
+def _wllama3_device(r: dict) -> str:
+    """What wllama 3 really ran on, from llama.cpp's load log: WebGPU prints `ggml_webgpu: adapter_info ...` and
+    assigns layers to its device; otherwise every layer is "assigned to device CPU" (wasm)."""
+    import re
+
+    lines = r["device_log"]
+    layers = [m.group(1) for line in lines if (m := re.search(r"assigned to device (\S+?),", line))]
+    info = next((line.split("adapter_info:", 1)[1].strip() for line in lines if "adapter_info:" in line), None)
+    gpu_layers = sum(dev != "CPU" for dev in layers)
+    cpu = f"{_threads(r)}, llama.cpp {r['libllama']}"
+    if gpu_layers or info:
+        m = re.search(r"name: ([^|]*)", info or "")
+        name = (m.group(1).strip() if m else info) or "unnamed"
+        return f"WebGPU ({name}; {gpu_layers}/{len(layers)} layers), {cpu}"
+    page = r["adapter"]
+    why = ("no WebGPU adapter" if page is None else "adapter lacks shader-f16" if not page["shader_f16"]
+           else "llama.cpp's WebGPU backend did not take the adapter")  # fmt: skip
+    if not layers:
+        raise Unavailable("wllama 3's log names no device for its layers (no 'assigned to device' line)")
+    return f"wasm CPU (WebGPU backend not used: {why}), {cpu}"
+
+
+def wllama3(gguf: str, prompt: list[int], n_gen: int, *, chromium: str = "/usr/bin/chromium") -> dict:
+    """wllama 3.x (llama.cpp's server loop in wasm, with its WebGPU backend, os.cpu_count() threads) in headless
+    Chromium: loadModelFromUrl from the local server with every layer asked on WebGPU (n_gpu_layers), then one
+    streamed greedy completion (EOS ignored) of a text that the model's tokenizer turns into exactly len(prompt)
+    tokens (3.x takes text only; the count is checked against llama.cpp's), timed on the page
+    (benchmarks/web/wllama3_bench.js). "adapter" says the device it really used, read from llama.cpp's log."""
+    from realm_web.gguf import open_gguf
+    from realm_web.tokenizer import Tokenizer
+
+    n_prompt, n_ctx = len(prompt), n_ctx_for(len(prompt), n_gen)
+    tokenize = Tokenizer.from_gguf(open_gguf(gguf)).tokenize
+    try:
+        text, warmup = bench_text(n_prompt, tokenize), bench_text(min(8, n_prompt), tokenize)
+    except ValueError as e:
+        raise Unavailable(f"wllama 3 takes text only: {e} by {Path(gguf).name}'s tokenizer") from None
+    args = {"prompt": text, "warmup": warmup, "nPrompt": n_prompt, "nGen": n_gen, "nCtx": n_ctx}
+    r, peak_mb, version = _run_wllama("wllama 3", WLLAMA3_PKG, "/wllama3_bench.js", gguf, args, chromium)
+    t = r["timings"]
+    if r["usage"]["prompt_tokens"] != n_prompt or t["prompt_n"] != n_prompt or t["cache_n"]:
+        raise Unavailable(f"wllama 3 prefilled {t['prompt_n']} of {r['usage']['prompt_tokens']} prompt tokens "
+                          f"({t['cache_n']} cached), not the {n_prompt} realm_web's tokenizer counts")  # fmt: skip
+    if r["n_tokens"] != n_gen + 1:
+        raise Unavailable(f"wllama 3 produced {r['n_tokens']} tokens, not {n_gen + 1}")
+    steps = n_gen + 1 - r["first_n"]
+    if steps < 1:
+        raise Unavailable(f"wllama 3 streamed all {r['n_tokens']} tokens at once: no decode step could be timed")
+    r["decode_s"] *= n_gen / steps  # per-step time × n_gen where the first chunk carried more than one token
+    adapter = _wllama3_device(r)
+    page = r["adapter"]
+    own = (f"llama.cpp's own timings: prompt {t['prompt_n']} tok in {t['prompt_ms'] / 1e3:.2f} s "
+           f"({t['prompt_per_second']:.1f} tok/s), {t['predicted_n']} generated in {t['predicted_ms'] / 1e3:.2f} s "
+           f"({t['predicted_per_second']:.2f} tok/s)")  # fmt: skip
+    notes = (f"wllama {version}, n_gpu_layers 99999, n_ctx {r['n_ctx']}, cross-origin isolated: "
+             f"{r['cross_origin_isolated']}, isSupportWebGPU(): {r['is_support_webgpu']}; text prompt of {n_prompt} "
+             f"tokens (bench_text; llama.cpp counted {r['usage']['prompt_tokens']}), not the id prompt; "
+             f"streamed completion, ttft to the first token chunk, decode over {steps} step(s); {own}")  # fmt: skip
+    out = _result("wllama 3.x", r, n_prompt, n_gen, peak_mb, adapter, notes)
+    out["shader_f16"] = None if page is None else page["shader_f16"]
+    out["webgpu_adapter"] = (
+        None if page is None else f"{page['description']} ({page['vendor']}), fallback: {page['fallback']}"
+    )
+    out["device_log"] = r["device_log"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,11 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt", type=int, default=64, help="prompt length in tokens (common.bench_prompt)")
     ap.add_argument("--gen", type=int, default=32, help="decode steps after the first token")
     ap.add_argument("--chromium", default=os.environ.get("REALM_WEB_CHROMIUM", "/usr/bin/chromium"))
+    ap.add_argument("--engines", default="realm_browser,wllama,wllama3", help="comma-separated, in this order")
     a = ap.parse_args(argv)
     info = _read_model(a.model)
     prompt = bench_prompt(a.prompt, info["n_vocab"], info["bos"])
     out = {}
-    for name, fn in (("realm_browser", realm_browser), ("wllama", wllama)):
+    engines = {"realm_browser": realm_browser, "wllama": wllama, "wllama3": wllama3}
+    for name in a.engines.split(","):
+        fn = engines[name]
         t0 = time.perf_counter()
         try:
             out[name] = fn(a.model, prompt, a.gen, chromium=a.chromium)

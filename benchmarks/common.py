@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent.parent / "build" / "bench-results"
@@ -47,6 +48,31 @@ class Unavailable(Exception):
 def bench_prompt(n_prompt: int, n_vocab: int, bos: int | None = 1) -> list[int]:
     """The prompt every engine gets: BOS then a fixed spread of ordinary token ids (same as realm-web bench)."""
     return [bos if bos is not None else 0] + [(7 * i + 11) % n_vocab for i in range(n_prompt - 1)]
+
+
+def bench_text(n_tokens: int, tokenize: Callable[[str], Sequence[int]]) -> str:
+    """For engines that take only text: a text that `tokenize` (the model's tokenizer, BOS added as the engine adds
+    it) turns into exactly `n_tokens` ids. Lowercase three-letter words in a fixed spread, added in runs while the
+    count stays within `n_tokens`; near the end one at a time, a word that overshoots shortened to its first letter
+    or skipped."""
+    words: list[str] = []
+    have, i, run = len(tokenize("")), 0, n_tokens
+    while have < n_tokens:
+        if i >= 26**3:
+            raise ValueError(f"no text of exactly {n_tokens} tokens found")
+        k = min(run, n_tokens - have)
+        new = ["".join(chr(97 + (7 * j + 11) % 26**3 // 26**p % 26) for p in (2, 1, 0)) for j in range(i, i + k)]
+        n = len(tokenize(" ".join(words + new)))
+        if n > n_tokens and k == 1:
+            new = [new[0][0]]
+            n = len(tokenize(" ".join(words + new)))
+        if n <= n_tokens:
+            words, have = words + new, n
+        if n <= n_tokens or k == 1:
+            i += k
+        else:
+            run = 1
+    return " ".join(words)
 
 
 def _procs() -> dict[int, tuple[int, int, str]]:

@@ -8,6 +8,7 @@
 // realm_web's bench does).
 
 import { Wllama } from "./node_modules/@wllama/wllama/esm/index.js";
+import { capture } from "./wllama_log.js";
 
 const base = new URL("./node_modules/@wllama/wllama/esm/", import.meta.url);
 const PATHS = {
@@ -20,17 +21,8 @@ const PATHS = {
  * @returns {Promise<object>} load_s, ttft_s, decode_s (seconds), the generated ids, the threads used
  */
 export async function run({ modelUrl, prompt, nGen, nCtx, nThreads }) {
-  const log = [];
-  const keep = (level) => (...a) => log.push(`${level}: ${a.join(" ")}`);
-  const logger = { debug: () => {}, log: keep("log"), warn: keep("warn"), error: keep("error") };
+  const { logger, step } = capture();
   const wllama = new Wllama(PATHS, { logger });
-  const step = async (what, fn) => {
-    try {
-      return await fn();
-    } catch (e) {
-      throw new Error(`wllama ${what} failed: ${e?.message ?? e}\n${log.slice(-20).join("\n")}`);
-    }
-  };
 
   const t0 = performance.now();
   await step("loading the model", () =>
