@@ -1,11 +1,12 @@
 """realm_web in the browser beside realm_web native, on the same GGUF, in one run.
 
-    .venv/bin/python benchmarks/browser_native.py [-m MODEL.gguf] [--prompt 64] [--gen 64] [--json]
+    .venv/bin/python benchmarks/browser_native.py [-m MODEL.gguf] [--prompt 64] [--gen 64] [--json] [--profile]
 
 Native: `realm-web bench`'s measurement (realm_web.bench.bench_model) on wgpu-py's adapter. Browser: the same
 function run inside Debian's Chromium (headless, WebGPU; SwiftShader without a GPU) through the JS SDK's
 `engine.benchmark()` (benchmarks/browser_peers.realm_browser), on the same prompt ids. Prints both and
-browser ÷ native.
+browser ÷ native. `--profile`: instead, `realm-web bench --profile`'s report (GPU time per kernel of a decode step,
+host time per step) natively and in Chromium (the SDK's engine.benchmark({profile: true})), `--gen` steps each.
 """
 
 from __future__ import annotations
@@ -42,6 +43,26 @@ def browser(path: str, prompt: list[int], n_gen: int, chromium: str) -> dict:
     return realm_browser(path, prompt, n_gen, chromium=chromium)
 
 
+def profiles(path: str, n_prompt: int, n_steps: int, chromium: str, as_json: bool) -> int:
+    """realm_web.profile's report of a decode step natively and in Chromium, printed one after the other."""
+    import realm_web
+    from benchmarks.browser_peers import realm_browser_profile
+    from realm_web.profile import format_profile, profile_decode
+
+    model = realm_web.load(path)
+    try:
+        native_report = profile_decode(model, n_steps=n_steps, n_prompt=n_prompt)
+    finally:
+        model.close()
+    browser_report = realm_browser_profile(path, n_prompt, n_steps, chromium=chromium)
+    if as_json:
+        print(json.dumps({"native": native_report, "browser": browser_report}, indent=2))
+        return 0
+    for name, r in (("native", native_report), ("browser (Chromium, SDK)", browser_report)):
+        print(f"== {name}\n{format_profile(r)}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", default=bundled_model())
@@ -49,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--chromium", default=os.environ.get("REALM_WEB_CHROMIUM", "/usr/bin/chromium"))
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="per-kernel GPU time of a decode step, both sides")
     a = ap.parse_args(argv)
+    if a.profile:
+        return profiles(a.model, a.prompt, a.gen, a.chromium, a.json)
     n, prompt = native(a.model, a.prompt, a.gen)
     w = browser(a.model, prompt, a.gen, a.chromium)
     ratio = {k: w[k] / n[k] for k in ("prefill_tok_s", "decode_tok_s")}

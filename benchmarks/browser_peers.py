@@ -202,6 +202,37 @@ def realm_browser(gguf: str, prompt: list[int], n_gen: int, *, chromium: str = "
     return _result("realm_web (browser)", r, len(prompt), n_gen, mem.peak_mb, r["adapter"], notes)
 
 
+_PROFILE_JS = """async ([id, nPrompt, nSteps, nCtx]) => {
+    const sdk = await import('/js/index.js');
+    const models = await (await fetch('/models/registry.json')).json();
+    const engine = await sdk.createEngine(id, { appConfig: { models, n_ctx: nCtx } });
+    const r = await engine.benchmark({ nPrompt, nGen: nSteps, profile: true });
+    await engine.unload();
+    return r;
+}"""
+
+
+def realm_browser_profile(gguf: str, n_prompt: int, n_steps: int, *, chromium: str = "/usr/bin/chromium") -> dict:
+    """`realm-web bench --profile` in headless Chromium through the SDK (engine.benchmark({profile: true})): GPU
+    time per kernel of a decode step on the browser's adapter, and host time per step (realm_web.profile's report,
+    printable with realm_web.profile.format_profile)."""
+    from realm_web.server import make_server
+
+    srv = make_server("127.0.0.1", 0, models=[gguf], bundled=False, api=False)
+    record = srv.registry[0]
+    if record.get("error"):
+        srv.socket.close()
+        raise Unavailable(f"realm_web cannot run {Path(gguf).name}: {record['error']}")
+    srv.start()
+    try:
+        with _Browser(chromium) as b:
+            b.page.goto(srv.url + "runtime/manifest.json")
+            return b.evaluate("realm_web profile", _PROFILE_JS, [record["id"], n_prompt, n_steps,
+                                                                 n_ctx_for(n_prompt, n_steps + 8)])  # fmt: skip
+    finally:
+        srv.shutdown()
+
+
 # -- wllama -----------------------------------------------------------------------------------------------------
 
 

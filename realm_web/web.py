@@ -23,6 +23,7 @@ from realm_web.device import get_device
 from realm_web.errors import DeviceLostError, SourceError
 from realm_web.gguf import read_gguf
 from realm_web.model import Model, TextStream
+from realm_web.profile import profile_decode
 from realm_web.sequence import Event, Sequence
 from realm_web.source import check_length, check_range
 
@@ -173,12 +174,16 @@ class WebModel:
         return self.model.chat_template.render(_py(messages), add_generation_prompt=True)
 
     def bench(self, n_prompt: int = 64, n_gen: int = 64, prompt: Any = None, n_streams: Any = None,
-              speculative: Any = None, lora: Any = None) -> Any:  # fmt: skip
+              speculative: Any = None, lora: Any = None, profile: Any = None) -> Any:  # fmt: skip
         """`realm-web bench`'s measurement, in the browser: prefill and decode tokens/s (greedy, EOS ignored).
         `prompt`: a JS array of token ids to prefill exactly (default: bench_model's fixed prompt of `n_prompt`).
         `n_streams`: instead, the aggregate decode tokens/s of that many concurrent streams (bench_batched).
         `speculative` ({temperature}): instead, decode with and without the engine's drafts (bench_speculative).
-        `lora` (with `n_streams`): each stream's adapters, a list of [{id, scale}] cycled over the streams."""
+        `lora` (with `n_streams`): each stream's adapters, a list of [{id, scale}] cycled over the streams.
+        `profile`: instead, `realm-web bench --profile`'s report of `n_gen` decode steps (GPU time per kernel from
+        timestamp queries, host time per step)."""
+        if _py(profile):
+            return _js(profile_decode(self.model, n_steps=int(n_gen), n_prompt=int(n_prompt)))
         spec = _py(speculative)
         if spec is not None:
             return _js(bench_speculative(self.model, n_gen=int(n_gen), temperature=float(spec.get("temperature", 0))))

@@ -287,13 +287,15 @@ export class Engine {
    * With `speculative: {temperature}` (an engine made with `draftModel` or `speculative`), decode tokens/s with
    * and without the drafts, the acceptance rate and the mean accepted length instead (as `realm-web bench --draft`).
    * With `nStreams` and `lora` (a list of per-stream selections [{id, scale}], cycled), the streams use those adapters.
+   * With `profile: true`, `realm-web bench --profile`'s report of `nGen` decode steps instead: GPU time per kernel
+   * (timestamp queries; null where the adapter has none) and host time per step.
    * @param {{nPrompt?: number, nGen?: number, promptIds?: ArrayLike<number>, nStreams?: number, speculative?: {temperature?: number}}} [options]
    * @returns {Promise<{model: string, adapter: string, n_prompt: number, ttft_s: number, prefill_tok_s: number, n_gen: number, decode_tok_s: number}>}
    */
-  benchmark({ nPrompt = 64, nGen = 64, promptIds, nStreams, speculative, lora } = {}) {
+  benchmark({ nPrompt = 64, nGen = 64, promptIds, nStreams, speculative, lora, profile = false } = {}) {
     const ids = promptIds == null ? null : Array.from(promptIds, Number);
     const perStream = lora == null ? null : lora.map((x) => loraList(x) ?? []);
-    return this._enqueue("bench", { nPrompt: ids ? ids.length : nPrompt, nGen, promptIds: ids, nStreams, speculative, lora: perStream });
+    return this._enqueue("bench", { nPrompt: ids ? ids.length : nPrompt, nGen, promptIds: ids, nStreams, speculative, lora: perStream, profile: !!profile });
   }
 
   /** Load timings, the adapter and the usage of the last request. */

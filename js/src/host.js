@@ -182,9 +182,9 @@ export class Host {
     },
 
     /** {nPrompt, nGen, promptIds?} -> realm-web bench's figures for this model in this browser. */
-    async bench({ nPrompt = 64, nGen = 64, promptIds = null, nStreams = null, speculative = null, lora = null }) {
+    async bench({ nPrompt = 64, nGen = 64, promptIds = null, nStreams = null, speculative = null, lora = null, profile = false }) {
       const ids = promptIds == null ? null : Array.from(promptIds, Number);
-      return this._model().bench(nPrompt, nGen, ids, nStreams, speculative, lora);
+      return this._model().bench(nPrompt, nGen, ids, nStreams, speculative, lora, profile);
     },
 
     async stats() {

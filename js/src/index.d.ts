@@ -353,6 +353,8 @@ export declare class Engine {
     speculative?: { temperature?: number };
     /** With nStreams: each stream's adapters (stream i takes lora[i % lora.length]). */
     lora?: LoraSelection[];
+    /** Instead, `realm-web bench --profile`'s report of nGen decode steps (GPU µs per kernel, host time per step). */
+    profile?: boolean;
   }): Promise<BenchmarkResult & { n_streams?: number; per_stream_tok_s?: number; [key: string]: unknown }>;
   /** Free the GPU memory and stop the worker; the engine cannot be used afterwards. */
   unload(): Promise<void>;

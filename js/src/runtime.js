@@ -285,8 +285,8 @@ export class LoadedModel {
    * `promptIds` (array of token ids, or null): the exact prompt to prefill. `nStreams`: instead, the aggregate
    * decode tokens/s of that many concurrent streams ({n_streams, decode_tok_s, per_stream_tok_s, ttft_s}).
    */
-  async bench(nPrompt, nGen, promptIds = null, nStreams = null, speculative = null, lora = null) {
-    return this._call(this._bench, nPrompt, nGen, promptIds, nStreams, speculative, lora);
+  async bench(nPrompt, nGen, promptIds = null, nStreams = null, speculative = null, lora = null, profile = false) {
+    return this._call(this._bench, nPrompt, nGen, promptIds, nStreams, speculative, lora, profile);
   }
 
   /** Test hook: destroy the GPU device under the model (the real device-lost path). */
