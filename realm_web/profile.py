@@ -18,6 +18,7 @@ import struct
 import time
 from typing import Any
 
+from realm_web.bench import copy_bandwidth, decode_bytes
 from realm_web.sampling import SamplingParams, sample_row
 
 SLOT = 0  # the sequence slot the profiler uses (the engine is idle: exclusive())
@@ -135,6 +136,9 @@ def _measure(model: Any, n_prompt: int, warmup: int, n_steps: int, tok: int) -> 
         "gpu_split_us": split_total,  # sum of the per-dispatch times (one pass each)
         "host_outside_gpu_us": None if gpu_step is None else wall_us - gpu_step,  # wall − one-pass GPU step
         "kernels": kernels,
+        # the roofline: what the step must read, and what this adapter's plain copy kernel moves (read + write)
+        "decode_bytes": decode_bytes(model, positions[len(positions) // 2]),
+        "copy_gbps": copy_bandwidth(dev) / 1e9,
     }
 
 
@@ -174,4 +178,12 @@ def format_profile(r: dict) -> str:
         ]
     else:
         lines.append("  GPU time and host time outside the GPU: not measurable without timestamps")
+    step_s = (r["gpu_step_us"] if ts else r["wall_us"]) / 1e6
+    achieved = r["decode_bytes"] / step_s / 1e9
+    lines += [
+        "",
+        f"roofline: a step reads {r['decode_bytes'] / 2**20:.1f} MiB → {achieved:.2f} GB/s over the "
+        f"{'one-pass GPU' if ts else 'wall'} step time; this adapter's copy kernel moves {r['copy_gbps']:.2f} GB/s "
+        f"(read + write) → {achieved / r['copy_gbps']:.0%} of copy",
+    ]
     return "\n".join(lines)
