@@ -167,7 +167,7 @@ def test_batch_workgroup_size_follows_the_rows():
     assert batch_wg(32000, 8, 32) == 32 and batch_wg(8, 8, 4) == 4  # never above the device's limit
 
 
-@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K", "Q8_0", "F16"])
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16"])
 def test_matmul_batch_tiles_and_workgroups_change_no_bit(dev, rng, type_name):
     """The tile cap and the workgroup size are free choices: every one gives the same bits (a weight small
     enough for workgroups of 8 by default, and one big enough for 64)."""
