@@ -18,7 +18,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 override WG: u32 = 64u;  // invocations per workgroup (a multiple of 4 with subgroups)
-const RB: u32 = 4u;  // weight rows per invocation
+const RB: u32 = 8u;  // weight rows per invocation
 const TN: u32 = 1u;  // tokens per invocation
 
 // byte `b` of the weight buffer, as 0..255
@@ -128,6 +128,307 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
     return v;
 }
 
+// The fused forms walk a block by half h (qs[32h ..]) and 16-element group g: quants word 4 + 8h + 4g + j holds,
+// at shift 2s, elements 16g + 4j .. + 4 of unit 4h + s (x vec4 32h + 8s + 4g + j), whose scale byte is
+// scales[8h + 2s + g]: byte g or 2 + g of scales word 2h (s < 2) or 2h + 1.
+// The 4 scale bytes of groups (h, g, s = 0..3), given scales words lo = 2h and hi = 2h + 1.
+fn q2_group_scales(lo: u32, hi: u32, g: u32) -> vec4<u32> {
+    let sh = 8u * g;
+    return (vec4<u32>(lo >> sh, lo >> (sh + 16u), hi >> sh, hi >> (sh + 16u))) & vec4<u32>(0xffu);
+}
+
+// Batches' fused form (matmul_rows): the block of RB rows at byte offsets `b` dotted with TN tokens' x (vec4
+// `xo[t]` of each token's block), x read through the including kernel's xgroup/xpick. Each quants word is
+// dequantized once per shift, d sc q - dmin m (one FMA an element), and dotted with all TN tokens' x.
+// Result: [RB][TN], each token's terms added in one fixed order.
+const BATCH_UNITS: u32 = 8u;
+const BATCH_BYTES: u32 = BLOCK_BYTES;
+
+fn dot_block_batch(b: array<u32, 8>, xo: array<u32, 1>, lane: u32) -> array<f32, 8> {
+    var acc: array<f32, 8>;
+    let a0 = b[0] >> 2u;
+    let dm0 = unpack2x16float(w[a0 + 20u]);
+    let a1 = b[1] >> 2u;
+    let dm1 = unpack2x16float(w[a1 + 20u]);
+    let a2 = b[2] >> 2u;
+    let dm2 = unpack2x16float(w[a2 + 20u]);
+    let a3 = b[3] >> 2u;
+    let dm3 = unpack2x16float(w[a3 + 20u]);
+    let a4 = b[4] >> 2u;
+    let dm4 = unpack2x16float(w[a4 + 20u]);
+    let a5 = b[5] >> 2u;
+    let dm5 = unpack2x16float(w[a5 + 20u]);
+    let a6 = b[6] >> 2u;
+    let dm6 = unpack2x16float(w[a6 + 20u]);
+    let a7 = b[7] >> 2u;
+    let dm7 = unpack2x16float(w[a7 + 20u]);
+    for (var hg = 0u; hg < 4u; hg++) {
+        let h = hg >> 1u;
+        let g = hg & 1u;
+        let sb0 = q2_group_scales(w[a0 + 2u * h], w[a0 + 2u * h + 1u], g);
+        let ds0 = dm0.x * vec4<f32>(sb0 & vec4<u32>(0xfu));
+        let dz0 = dm0.y * vec4<f32>(sb0 >> vec4<u32>(4u));
+        let qa0 = a0 + 4u + 8u * h + 4u * g;
+        let sb1 = q2_group_scales(w[a1 + 2u * h], w[a1 + 2u * h + 1u], g);
+        let ds1 = dm1.x * vec4<f32>(sb1 & vec4<u32>(0xfu));
+        let dz1 = dm1.y * vec4<f32>(sb1 >> vec4<u32>(4u));
+        let qa1 = a1 + 4u + 8u * h + 4u * g;
+        let sb2 = q2_group_scales(w[a2 + 2u * h], w[a2 + 2u * h + 1u], g);
+        let ds2 = dm2.x * vec4<f32>(sb2 & vec4<u32>(0xfu));
+        let dz2 = dm2.y * vec4<f32>(sb2 >> vec4<u32>(4u));
+        let qa2 = a2 + 4u + 8u * h + 4u * g;
+        let sb3 = q2_group_scales(w[a3 + 2u * h], w[a3 + 2u * h + 1u], g);
+        let ds3 = dm3.x * vec4<f32>(sb3 & vec4<u32>(0xfu));
+        let dz3 = dm3.y * vec4<f32>(sb3 >> vec4<u32>(4u));
+        let qa3 = a3 + 4u + 8u * h + 4u * g;
+        let sb4 = q2_group_scales(w[a4 + 2u * h], w[a4 + 2u * h + 1u], g);
+        let ds4 = dm4.x * vec4<f32>(sb4 & vec4<u32>(0xfu));
+        let dz4 = dm4.y * vec4<f32>(sb4 >> vec4<u32>(4u));
+        let qa4 = a4 + 4u + 8u * h + 4u * g;
+        let sb5 = q2_group_scales(w[a5 + 2u * h], w[a5 + 2u * h + 1u], g);
+        let ds5 = dm5.x * vec4<f32>(sb5 & vec4<u32>(0xfu));
+        let dz5 = dm5.y * vec4<f32>(sb5 >> vec4<u32>(4u));
+        let qa5 = a5 + 4u + 8u * h + 4u * g;
+        let sb6 = q2_group_scales(w[a6 + 2u * h], w[a6 + 2u * h + 1u], g);
+        let ds6 = dm6.x * vec4<f32>(sb6 & vec4<u32>(0xfu));
+        let dz6 = dm6.y * vec4<f32>(sb6 >> vec4<u32>(4u));
+        let qa6 = a6 + 4u + 8u * h + 4u * g;
+        let sb7 = q2_group_scales(w[a7 + 2u * h], w[a7 + 2u * h + 1u], g);
+        let ds7 = dm7.x * vec4<f32>(sb7 & vec4<u32>(0xfu));
+        let dz7 = dm7.y * vec4<f32>(sb7 >> vec4<u32>(4u));
+        let qa7 = a7 + 4u + 8u * h + 4u * g;
+        let g0_0 = vec4<f32>(0.0);
+        let g1_0 = vec4<f32>(0.0);
+        let g2_0 = vec4<f32>(0.0);
+        let g3_0 = vec4<f32>(0.0);
+        {
+            let q0 = w[qa0 + 0u];
+            let w0_0 = u8x4(q0 & 0x03030303u) * ds0[0] - dz0[0];
+            let w1_0 = u8x4((q0 >> 2u) & 0x03030303u) * ds0[1] - dz0[1];
+            let w2_0 = u8x4((q0 >> 4u) & 0x03030303u) * ds0[2] - dz0[2];
+            let w3_0 = u8x4((q0 >> 6u) & 0x03030303u) * ds0[3] - dz0[3];
+            let q1 = w[qa1 + 0u];
+            let w0_1 = u8x4(q1 & 0x03030303u) * ds1[0] - dz1[0];
+            let w1_1 = u8x4((q1 >> 2u) & 0x03030303u) * ds1[1] - dz1[1];
+            let w2_1 = u8x4((q1 >> 4u) & 0x03030303u) * ds1[2] - dz1[2];
+            let w3_1 = u8x4((q1 >> 6u) & 0x03030303u) * ds1[3] - dz1[3];
+            let q2 = w[qa2 + 0u];
+            let w0_2 = u8x4(q2 & 0x03030303u) * ds2[0] - dz2[0];
+            let w1_2 = u8x4((q2 >> 2u) & 0x03030303u) * ds2[1] - dz2[1];
+            let w2_2 = u8x4((q2 >> 4u) & 0x03030303u) * ds2[2] - dz2[2];
+            let w3_2 = u8x4((q2 >> 6u) & 0x03030303u) * ds2[3] - dz2[3];
+            let q3 = w[qa3 + 0u];
+            let w0_3 = u8x4(q3 & 0x03030303u) * ds3[0] - dz3[0];
+            let w1_3 = u8x4((q3 >> 2u) & 0x03030303u) * ds3[1] - dz3[1];
+            let w2_3 = u8x4((q3 >> 4u) & 0x03030303u) * ds3[2] - dz3[2];
+            let w3_3 = u8x4((q3 >> 6u) & 0x03030303u) * ds3[3] - dz3[3];
+            let q4 = w[qa4 + 0u];
+            let w0_4 = u8x4(q4 & 0x03030303u) * ds4[0] - dz4[0];
+            let w1_4 = u8x4((q4 >> 2u) & 0x03030303u) * ds4[1] - dz4[1];
+            let w2_4 = u8x4((q4 >> 4u) & 0x03030303u) * ds4[2] - dz4[2];
+            let w3_4 = u8x4((q4 >> 6u) & 0x03030303u) * ds4[3] - dz4[3];
+            let q5 = w[qa5 + 0u];
+            let w0_5 = u8x4(q5 & 0x03030303u) * ds5[0] - dz5[0];
+            let w1_5 = u8x4((q5 >> 2u) & 0x03030303u) * ds5[1] - dz5[1];
+            let w2_5 = u8x4((q5 >> 4u) & 0x03030303u) * ds5[2] - dz5[2];
+            let w3_5 = u8x4((q5 >> 6u) & 0x03030303u) * ds5[3] - dz5[3];
+            let q6 = w[qa6 + 0u];
+            let w0_6 = u8x4(q6 & 0x03030303u) * ds6[0] - dz6[0];
+            let w1_6 = u8x4((q6 >> 2u) & 0x03030303u) * ds6[1] - dz6[1];
+            let w2_6 = u8x4((q6 >> 4u) & 0x03030303u) * ds6[2] - dz6[2];
+            let w3_6 = u8x4((q6 >> 6u) & 0x03030303u) * ds6[3] - dz6[3];
+            let q7 = w[qa7 + 0u];
+            let w0_7 = u8x4(q7 & 0x03030303u) * ds7[0] - dz7[0];
+            let w1_7 = u8x4((q7 >> 2u) & 0x03030303u) * ds7[1] - dz7[1];
+            let w2_7 = u8x4((q7 >> 4u) & 0x03030303u) * ds7[2] - dz7[2];
+            let w3_7 = u8x4((q7 >> 6u) & 0x03030303u) * ds7[3] - dz7[3];
+            {
+                let x0 = x[xo[0] + 32u * h + 4u * g + 0u + 0u];
+                let x1 = x[xo[0] + 32u * h + 4u * g + 8u + 0u];
+                let x2 = x[xo[0] + 32u * h + 4u * g + 16u + 0u];
+                let x3 = x[xo[0] + 32u * h + 4u * g + 24u + 0u];
+                acc[0] += dot(w0_0, x0) + dot(w1_0, x1) + dot(w2_0, x2) + dot(w3_0, x3);
+                acc[1] += dot(w0_1, x0) + dot(w1_1, x1) + dot(w2_1, x2) + dot(w3_1, x3);
+                acc[2] += dot(w0_2, x0) + dot(w1_2, x1) + dot(w2_2, x2) + dot(w3_2, x3);
+                acc[3] += dot(w0_3, x0) + dot(w1_3, x1) + dot(w2_3, x2) + dot(w3_3, x3);
+                acc[4] += dot(w0_4, x0) + dot(w1_4, x1) + dot(w2_4, x2) + dot(w3_4, x3);
+                acc[5] += dot(w0_5, x0) + dot(w1_5, x1) + dot(w2_5, x2) + dot(w3_5, x3);
+                acc[6] += dot(w0_6, x0) + dot(w1_6, x1) + dot(w2_6, x2) + dot(w3_6, x3);
+                acc[7] += dot(w0_7, x0) + dot(w1_7, x1) + dot(w2_7, x2) + dot(w3_7, x3);
+            }
+        }
+        {
+            let q0 = w[qa0 + 1u];
+            let w0_0 = u8x4(q0 & 0x03030303u) * ds0[0] - dz0[0];
+            let w1_0 = u8x4((q0 >> 2u) & 0x03030303u) * ds0[1] - dz0[1];
+            let w2_0 = u8x4((q0 >> 4u) & 0x03030303u) * ds0[2] - dz0[2];
+            let w3_0 = u8x4((q0 >> 6u) & 0x03030303u) * ds0[3] - dz0[3];
+            let q1 = w[qa1 + 1u];
+            let w0_1 = u8x4(q1 & 0x03030303u) * ds1[0] - dz1[0];
+            let w1_1 = u8x4((q1 >> 2u) & 0x03030303u) * ds1[1] - dz1[1];
+            let w2_1 = u8x4((q1 >> 4u) & 0x03030303u) * ds1[2] - dz1[2];
+            let w3_1 = u8x4((q1 >> 6u) & 0x03030303u) * ds1[3] - dz1[3];
+            let q2 = w[qa2 + 1u];
+            let w0_2 = u8x4(q2 & 0x03030303u) * ds2[0] - dz2[0];
+            let w1_2 = u8x4((q2 >> 2u) & 0x03030303u) * ds2[1] - dz2[1];
+            let w2_2 = u8x4((q2 >> 4u) & 0x03030303u) * ds2[2] - dz2[2];
+            let w3_2 = u8x4((q2 >> 6u) & 0x03030303u) * ds2[3] - dz2[3];
+            let q3 = w[qa3 + 1u];
+            let w0_3 = u8x4(q3 & 0x03030303u) * ds3[0] - dz3[0];
+            let w1_3 = u8x4((q3 >> 2u) & 0x03030303u) * ds3[1] - dz3[1];
+            let w2_3 = u8x4((q3 >> 4u) & 0x03030303u) * ds3[2] - dz3[2];
+            let w3_3 = u8x4((q3 >> 6u) & 0x03030303u) * ds3[3] - dz3[3];
+            let q4 = w[qa4 + 1u];
+            let w0_4 = u8x4(q4 & 0x03030303u) * ds4[0] - dz4[0];
+            let w1_4 = u8x4((q4 >> 2u) & 0x03030303u) * ds4[1] - dz4[1];
+            let w2_4 = u8x4((q4 >> 4u) & 0x03030303u) * ds4[2] - dz4[2];
+            let w3_4 = u8x4((q4 >> 6u) & 0x03030303u) * ds4[3] - dz4[3];
+            let q5 = w[qa5 + 1u];
+            let w0_5 = u8x4(q5 & 0x03030303u) * ds5[0] - dz5[0];
+            let w1_5 = u8x4((q5 >> 2u) & 0x03030303u) * ds5[1] - dz5[1];
+            let w2_5 = u8x4((q5 >> 4u) & 0x03030303u) * ds5[2] - dz5[2];
+            let w3_5 = u8x4((q5 >> 6u) & 0x03030303u) * ds5[3] - dz5[3];
+            let q6 = w[qa6 + 1u];
+            let w0_6 = u8x4(q6 & 0x03030303u) * ds6[0] - dz6[0];
+            let w1_6 = u8x4((q6 >> 2u) & 0x03030303u) * ds6[1] - dz6[1];
+            let w2_6 = u8x4((q6 >> 4u) & 0x03030303u) * ds6[2] - dz6[2];
+            let w3_6 = u8x4((q6 >> 6u) & 0x03030303u) * ds6[3] - dz6[3];
+            let q7 = w[qa7 + 1u];
+            let w0_7 = u8x4(q7 & 0x03030303u) * ds7[0] - dz7[0];
+            let w1_7 = u8x4((q7 >> 2u) & 0x03030303u) * ds7[1] - dz7[1];
+            let w2_7 = u8x4((q7 >> 4u) & 0x03030303u) * ds7[2] - dz7[2];
+            let w3_7 = u8x4((q7 >> 6u) & 0x03030303u) * ds7[3] - dz7[3];
+            {
+                let x0 = x[xo[0] + 32u * h + 4u * g + 0u + 1u];
+                let x1 = x[xo[0] + 32u * h + 4u * g + 8u + 1u];
+                let x2 = x[xo[0] + 32u * h + 4u * g + 16u + 1u];
+                let x3 = x[xo[0] + 32u * h + 4u * g + 24u + 1u];
+                acc[0] += dot(w0_0, x0) + dot(w1_0, x1) + dot(w2_0, x2) + dot(w3_0, x3);
+                acc[1] += dot(w0_1, x0) + dot(w1_1, x1) + dot(w2_1, x2) + dot(w3_1, x3);
+                acc[2] += dot(w0_2, x0) + dot(w1_2, x1) + dot(w2_2, x2) + dot(w3_2, x3);
+                acc[3] += dot(w0_3, x0) + dot(w1_3, x1) + dot(w2_3, x2) + dot(w3_3, x3);
+                acc[4] += dot(w0_4, x0) + dot(w1_4, x1) + dot(w2_4, x2) + dot(w3_4, x3);
+                acc[5] += dot(w0_5, x0) + dot(w1_5, x1) + dot(w2_5, x2) + dot(w3_5, x3);
+                acc[6] += dot(w0_6, x0) + dot(w1_6, x1) + dot(w2_6, x2) + dot(w3_6, x3);
+                acc[7] += dot(w0_7, x0) + dot(w1_7, x1) + dot(w2_7, x2) + dot(w3_7, x3);
+            }
+        }
+        {
+            let q0 = w[qa0 + 2u];
+            let w0_0 = u8x4(q0 & 0x03030303u) * ds0[0] - dz0[0];
+            let w1_0 = u8x4((q0 >> 2u) & 0x03030303u) * ds0[1] - dz0[1];
+            let w2_0 = u8x4((q0 >> 4u) & 0x03030303u) * ds0[2] - dz0[2];
+            let w3_0 = u8x4((q0 >> 6u) & 0x03030303u) * ds0[3] - dz0[3];
+            let q1 = w[qa1 + 2u];
+            let w0_1 = u8x4(q1 & 0x03030303u) * ds1[0] - dz1[0];
+            let w1_1 = u8x4((q1 >> 2u) & 0x03030303u) * ds1[1] - dz1[1];
+            let w2_1 = u8x4((q1 >> 4u) & 0x03030303u) * ds1[2] - dz1[2];
+            let w3_1 = u8x4((q1 >> 6u) & 0x03030303u) * ds1[3] - dz1[3];
+            let q2 = w[qa2 + 2u];
+            let w0_2 = u8x4(q2 & 0x03030303u) * ds2[0] - dz2[0];
+            let w1_2 = u8x4((q2 >> 2u) & 0x03030303u) * ds2[1] - dz2[1];
+            let w2_2 = u8x4((q2 >> 4u) & 0x03030303u) * ds2[2] - dz2[2];
+            let w3_2 = u8x4((q2 >> 6u) & 0x03030303u) * ds2[3] - dz2[3];
+            let q3 = w[qa3 + 2u];
+            let w0_3 = u8x4(q3 & 0x03030303u) * ds3[0] - dz3[0];
+            let w1_3 = u8x4((q3 >> 2u) & 0x03030303u) * ds3[1] - dz3[1];
+            let w2_3 = u8x4((q3 >> 4u) & 0x03030303u) * ds3[2] - dz3[2];
+            let w3_3 = u8x4((q3 >> 6u) & 0x03030303u) * ds3[3] - dz3[3];
+            let q4 = w[qa4 + 2u];
+            let w0_4 = u8x4(q4 & 0x03030303u) * ds4[0] - dz4[0];
+            let w1_4 = u8x4((q4 >> 2u) & 0x03030303u) * ds4[1] - dz4[1];
+            let w2_4 = u8x4((q4 >> 4u) & 0x03030303u) * ds4[2] - dz4[2];
+            let w3_4 = u8x4((q4 >> 6u) & 0x03030303u) * ds4[3] - dz4[3];
+            let q5 = w[qa5 + 2u];
+            let w0_5 = u8x4(q5 & 0x03030303u) * ds5[0] - dz5[0];
+            let w1_5 = u8x4((q5 >> 2u) & 0x03030303u) * ds5[1] - dz5[1];
+            let w2_5 = u8x4((q5 >> 4u) & 0x03030303u) * ds5[2] - dz5[2];
+            let w3_5 = u8x4((q5 >> 6u) & 0x03030303u) * ds5[3] - dz5[3];
+            let q6 = w[qa6 + 2u];
+            let w0_6 = u8x4(q6 & 0x03030303u) * ds6[0] - dz6[0];
+            let w1_6 = u8x4((q6 >> 2u) & 0x03030303u) * ds6[1] - dz6[1];
+            let w2_6 = u8x4((q6 >> 4u) & 0x03030303u) * ds6[2] - dz6[2];
+            let w3_6 = u8x4((q6 >> 6u) & 0x03030303u) * ds6[3] - dz6[3];
+            let q7 = w[qa7 + 2u];
+            let w0_7 = u8x4(q7 & 0x03030303u) * ds7[0] - dz7[0];
+            let w1_7 = u8x4((q7 >> 2u) & 0x03030303u) * ds7[1] - dz7[1];
+            let w2_7 = u8x4((q7 >> 4u) & 0x03030303u) * ds7[2] - dz7[2];
+            let w3_7 = u8x4((q7 >> 6u) & 0x03030303u) * ds7[3] - dz7[3];
+            {
+                let x0 = x[xo[0] + 32u * h + 4u * g + 0u + 2u];
+                let x1 = x[xo[0] + 32u * h + 4u * g + 8u + 2u];
+                let x2 = x[xo[0] + 32u * h + 4u * g + 16u + 2u];
+                let x3 = x[xo[0] + 32u * h + 4u * g + 24u + 2u];
+                acc[0] += dot(w0_0, x0) + dot(w1_0, x1) + dot(w2_0, x2) + dot(w3_0, x3);
+                acc[1] += dot(w0_1, x0) + dot(w1_1, x1) + dot(w2_1, x2) + dot(w3_1, x3);
+                acc[2] += dot(w0_2, x0) + dot(w1_2, x1) + dot(w2_2, x2) + dot(w3_2, x3);
+                acc[3] += dot(w0_3, x0) + dot(w1_3, x1) + dot(w2_3, x2) + dot(w3_3, x3);
+                acc[4] += dot(w0_4, x0) + dot(w1_4, x1) + dot(w2_4, x2) + dot(w3_4, x3);
+                acc[5] += dot(w0_5, x0) + dot(w1_5, x1) + dot(w2_5, x2) + dot(w3_5, x3);
+                acc[6] += dot(w0_6, x0) + dot(w1_6, x1) + dot(w2_6, x2) + dot(w3_6, x3);
+                acc[7] += dot(w0_7, x0) + dot(w1_7, x1) + dot(w2_7, x2) + dot(w3_7, x3);
+            }
+        }
+        {
+            let q0 = w[qa0 + 3u];
+            let w0_0 = u8x4(q0 & 0x03030303u) * ds0[0] - dz0[0];
+            let w1_0 = u8x4((q0 >> 2u) & 0x03030303u) * ds0[1] - dz0[1];
+            let w2_0 = u8x4((q0 >> 4u) & 0x03030303u) * ds0[2] - dz0[2];
+            let w3_0 = u8x4((q0 >> 6u) & 0x03030303u) * ds0[3] - dz0[3];
+            let q1 = w[qa1 + 3u];
+            let w0_1 = u8x4(q1 & 0x03030303u) * ds1[0] - dz1[0];
+            let w1_1 = u8x4((q1 >> 2u) & 0x03030303u) * ds1[1] - dz1[1];
+            let w2_1 = u8x4((q1 >> 4u) & 0x03030303u) * ds1[2] - dz1[2];
+            let w3_1 = u8x4((q1 >> 6u) & 0x03030303u) * ds1[3] - dz1[3];
+            let q2 = w[qa2 + 3u];
+            let w0_2 = u8x4(q2 & 0x03030303u) * ds2[0] - dz2[0];
+            let w1_2 = u8x4((q2 >> 2u) & 0x03030303u) * ds2[1] - dz2[1];
+            let w2_2 = u8x4((q2 >> 4u) & 0x03030303u) * ds2[2] - dz2[2];
+            let w3_2 = u8x4((q2 >> 6u) & 0x03030303u) * ds2[3] - dz2[3];
+            let q3 = w[qa3 + 3u];
+            let w0_3 = u8x4(q3 & 0x03030303u) * ds3[0] - dz3[0];
+            let w1_3 = u8x4((q3 >> 2u) & 0x03030303u) * ds3[1] - dz3[1];
+            let w2_3 = u8x4((q3 >> 4u) & 0x03030303u) * ds3[2] - dz3[2];
+            let w3_3 = u8x4((q3 >> 6u) & 0x03030303u) * ds3[3] - dz3[3];
+            let q4 = w[qa4 + 3u];
+            let w0_4 = u8x4(q4 & 0x03030303u) * ds4[0] - dz4[0];
+            let w1_4 = u8x4((q4 >> 2u) & 0x03030303u) * ds4[1] - dz4[1];
+            let w2_4 = u8x4((q4 >> 4u) & 0x03030303u) * ds4[2] - dz4[2];
+            let w3_4 = u8x4((q4 >> 6u) & 0x03030303u) * ds4[3] - dz4[3];
+            let q5 = w[qa5 + 3u];
+            let w0_5 = u8x4(q5 & 0x03030303u) * ds5[0] - dz5[0];
+            let w1_5 = u8x4((q5 >> 2u) & 0x03030303u) * ds5[1] - dz5[1];
+            let w2_5 = u8x4((q5 >> 4u) & 0x03030303u) * ds5[2] - dz5[2];
+            let w3_5 = u8x4((q5 >> 6u) & 0x03030303u) * ds5[3] - dz5[3];
+            let q6 = w[qa6 + 3u];
+            let w0_6 = u8x4(q6 & 0x03030303u) * ds6[0] - dz6[0];
+            let w1_6 = u8x4((q6 >> 2u) & 0x03030303u) * ds6[1] - dz6[1];
+            let w2_6 = u8x4((q6 >> 4u) & 0x03030303u) * ds6[2] - dz6[2];
+            let w3_6 = u8x4((q6 >> 6u) & 0x03030303u) * ds6[3] - dz6[3];
+            let q7 = w[qa7 + 3u];
+            let w0_7 = u8x4(q7 & 0x03030303u) * ds7[0] - dz7[0];
+            let w1_7 = u8x4((q7 >> 2u) & 0x03030303u) * ds7[1] - dz7[1];
+            let w2_7 = u8x4((q7 >> 4u) & 0x03030303u) * ds7[2] - dz7[2];
+            let w3_7 = u8x4((q7 >> 6u) & 0x03030303u) * ds7[3] - dz7[3];
+            {
+                let x0 = x[xo[0] + 32u * h + 4u * g + 0u + 3u];
+                let x1 = x[xo[0] + 32u * h + 4u * g + 8u + 3u];
+                let x2 = x[xo[0] + 32u * h + 4u * g + 16u + 3u];
+                let x3 = x[xo[0] + 32u * h + 4u * g + 24u + 3u];
+                acc[0] += dot(w0_0, x0) + dot(w1_0, x1) + dot(w2_0, x2) + dot(w3_0, x3);
+                acc[1] += dot(w0_1, x0) + dot(w1_1, x1) + dot(w2_1, x2) + dot(w3_1, x3);
+                acc[2] += dot(w0_2, x0) + dot(w1_2, x1) + dot(w2_2, x2) + dot(w3_2, x3);
+                acc[3] += dot(w0_3, x0) + dot(w1_3, x1) + dot(w2_3, x2) + dot(w3_3, x3);
+                acc[4] += dot(w0_4, x0) + dot(w1_4, x1) + dot(w2_4, x2) + dot(w3_4, x3);
+                acc[5] += dot(w0_5, x0) + dot(w1_5, x1) + dot(w2_5, x2) + dot(w3_5, x3);
+                acc[6] += dot(w0_6, x0) + dot(w1_6, x1) + dot(w2_6, x2) + dot(w3_6, x3);
+                acc[7] += dot(w0_7, x0) + dot(w1_7, x1) + dot(w2_7, x2) + dot(w3_7, x3);
+            }
+        }
+    }
+    return acc;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let lane = 0u;
@@ -135,79 +436,39 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // row and tokens past the end the last token, and neither is written
     let r0 = ((wid.x + wid.y * p.groups_x) * WG + li) * RB;
     let n0 = p.tok0 + wid.z * TN;
-    var base: array<u32, 4>;  // byte offset of each row
+    var base: array<u32, 8>;  // byte offset of each row
     base[0] = min(r0 + 0u, p.n_rows - 1u) * p.row_bytes;
     base[1] = min(r0 + 1u, p.n_rows - 1u) * p.row_bytes;
     base[2] = min(r0 + 2u, p.n_rows - 1u) * p.row_bytes;
     base[3] = min(r0 + 3u, p.n_rows - 1u) * p.row_bytes;
+    base[4] = min(r0 + 4u, p.n_rows - 1u) * p.row_bytes;
+    base[5] = min(r0 + 5u, p.n_rows - 1u) * p.row_bytes;
+    base[6] = min(r0 + 6u, p.n_rows - 1u) * p.row_bytes;
+    base[7] = min(r0 + 7u, p.n_rows - 1u) * p.row_bytes;
     var xb: array<u32, 1>;  // vec4 index of each token's x row
     xb[0] = min(n0 + 0u, p.n_tok - 1u) * (p.x_stride / 4u);
-    var acc: array<f32, 4>;  // [RB][TN]
-    for (var u = 0u; u < p.n_units; u++) {
-        let v0 = dequant_unit(base[0], u, p.K);
-        let v1 = dequant_unit(base[1], u, p.K);
-        let v2 = dequant_unit(base[2], u, p.K);
-        let v3 = dequant_unit(base[3], u, p.K);
-        {
-            let g0 = vec4<f32>(0.0);
-            let g1 = vec4<f32>(0.0);
-            {
-                let xv = x[xb[0] + 8u * u + 0u + 0u];
-                acc[0] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[1] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[2] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[3] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 0u + 1u];
-                acc[0] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[1] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[2] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[3] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 0u + 2u];
-                acc[0] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[1] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[2] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[3] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 0u + 3u];
-                acc[0] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[1] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[2] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[3] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 4u + 0u];
-                acc[0] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[1] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[2] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[3] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 4u + 1u];
-                acc[0] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[1] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[2] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[3] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 4u + 2u];
-                acc[0] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[1] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[2] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[3] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 4u + 3u];
-                acc[0] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[1] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[2] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[3] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
+    var acc: array<f32, 8>;  // [RB][TN]
+    for (var blk = 0u; blk < p.n_units / BATCH_UNITS; blk++) {
+        var b: array<u32, 8>;
+        var xo: array<u32, 1>;
+        b[0] = base[0] + blk * BATCH_BYTES;
+        b[1] = base[1] + blk * BATCH_BYTES;
+        b[2] = base[2] + blk * BATCH_BYTES;
+        b[3] = base[3] + blk * BATCH_BYTES;
+        b[4] = base[4] + blk * BATCH_BYTES;
+        b[5] = base[5] + blk * BATCH_BYTES;
+        b[6] = base[6] + blk * BATCH_BYTES;
+        b[7] = base[7] + blk * BATCH_BYTES;
+        xo[0] = xb[0] + blk * (BATCH_UNITS * UNIT / 4u);
+        let s = dot_block_batch(b, xo, lane);
+        acc[0] += s[0];
+        acc[1] += s[1];
+        acc[2] += s[2];
+        acc[3] += s[3];
+        acc[4] += s[4];
+        acc[5] += s[5];
+        acc[6] += s[6];
+        acc[7] += s[7];
     }
     if (n0 + 0u < p.n_tok) {
         let yb = (n0 + 0u) * p.y_stride + p.y_offset + r0;
@@ -222,6 +483,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         if (r0 + 3u < p.n_rows) {
             y[yb + 3u] = acc[3];
+        }
+        if (r0 + 4u < p.n_rows) {
+            y[yb + 4u] = acc[4];
+        }
+        if (r0 + 5u < p.n_rows) {
+            y[yb + 5u] = acc[5];
+        }
+        if (r0 + 6u < p.n_rows) {
+            y[yb + 6u] = acc[6];
+        }
+        if (r0 + 7u < p.n_rows) {
+            y[yb + 7u] = acc[7];
         }
     }
 }
