@@ -14,7 +14,7 @@ from realm_web.quants import COMPUTE_TYPES
 
 FLOAT_TYPES = ("F32", "F16", "BF16")  # rows may be any length: units past K read as zero
 # quant snippets with a fused dot_block (matvec_rows uses it instead of dequant_unit)
-DOT_BLOCK = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+DOT_BLOCK = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 256)
 
 
