@@ -128,7 +128,8 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
 // Batches' fused form (matmul_rows), as Q4_K's: the block of RB rows at byte offsets `b` dotted with TN tokens'
 // x (vec4 `xo[t]` of each token's block), x read through the including kernel's xgroup/xpick. Each quants word
 // (with its qh word's bits 2 pr and 2 pr + 1 as bit 4) is dequantized once, its unit's scale and min applied (one
-// FMA an element), and dotted with all TN tokens' x. Result: [RB][TN], each token's terms added in one fixed order.
+// FMA an element), and dotted with all TN tokens' x. The qh words are loaded once a block, as in dot_block (n = 1
+// on lavapipe: 1.4x). Result: [RB][TN], each token's terms added in one fixed order.
 const BATCH_UNITS: u32 = 8u;
 const BATCH_BYTES: u32 = BLOCK_BYTES;
 
@@ -139,41 +140,57 @@ fn dot_block_batch(b: array<u32, 8>, xo: array<u32, 4>, lane: u32) -> array<f32,
     let sa0 = w[a0 + 1u];
     let sb0 = w[a0 + 2u];
     let sc0 = w[a0 + 3u];
+    let ha0 = vec4<u32>(w[a0 + 4u], w[a0 + 5u], w[a0 + 6u], w[a0 + 7u]);
+    let hb0 = vec4<u32>(w[a0 + 8u], w[a0 + 9u], w[a0 + 10u], w[a0 + 11u]);
     let a1 = b[1] >> 2u;
     let dm1 = unpack2x16float(w[a1]);
     let sa1 = w[a1 + 1u];
     let sb1 = w[a1 + 2u];
     let sc1 = w[a1 + 3u];
+    let ha1 = vec4<u32>(w[a1 + 4u], w[a1 + 5u], w[a1 + 6u], w[a1 + 7u]);
+    let hb1 = vec4<u32>(w[a1 + 8u], w[a1 + 9u], w[a1 + 10u], w[a1 + 11u]);
     let a2 = b[2] >> 2u;
     let dm2 = unpack2x16float(w[a2]);
     let sa2 = w[a2 + 1u];
     let sb2 = w[a2 + 2u];
     let sc2 = w[a2 + 3u];
+    let ha2 = vec4<u32>(w[a2 + 4u], w[a2 + 5u], w[a2 + 6u], w[a2 + 7u]);
+    let hb2 = vec4<u32>(w[a2 + 8u], w[a2 + 9u], w[a2 + 10u], w[a2 + 11u]);
     let a3 = b[3] >> 2u;
     let dm3 = unpack2x16float(w[a3]);
     let sa3 = w[a3 + 1u];
     let sb3 = w[a3 + 2u];
     let sc3 = w[a3 + 3u];
+    let ha3 = vec4<u32>(w[a3 + 4u], w[a3 + 5u], w[a3 + 6u], w[a3 + 7u]);
+    let hb3 = vec4<u32>(w[a3 + 8u], w[a3 + 9u], w[a3 + 10u], w[a3 + 11u]);
     let a4 = b[4] >> 2u;
     let dm4 = unpack2x16float(w[a4]);
     let sa4 = w[a4 + 1u];
     let sb4 = w[a4 + 2u];
     let sc4 = w[a4 + 3u];
+    let ha4 = vec4<u32>(w[a4 + 4u], w[a4 + 5u], w[a4 + 6u], w[a4 + 7u]);
+    let hb4 = vec4<u32>(w[a4 + 8u], w[a4 + 9u], w[a4 + 10u], w[a4 + 11u]);
     let a5 = b[5] >> 2u;
     let dm5 = unpack2x16float(w[a5]);
     let sa5 = w[a5 + 1u];
     let sb5 = w[a5 + 2u];
     let sc5 = w[a5 + 3u];
+    let ha5 = vec4<u32>(w[a5 + 4u], w[a5 + 5u], w[a5 + 6u], w[a5 + 7u]);
+    let hb5 = vec4<u32>(w[a5 + 8u], w[a5 + 9u], w[a5 + 10u], w[a5 + 11u]);
     let a6 = b[6] >> 2u;
     let dm6 = unpack2x16float(w[a6]);
     let sa6 = w[a6 + 1u];
     let sb6 = w[a6 + 2u];
     let sc6 = w[a6 + 3u];
+    let ha6 = vec4<u32>(w[a6 + 4u], w[a6 + 5u], w[a6 + 6u], w[a6 + 7u]);
+    let hb6 = vec4<u32>(w[a6 + 8u], w[a6 + 9u], w[a6 + 10u], w[a6 + 11u]);
     let a7 = b[7] >> 2u;
     let dm7 = unpack2x16float(w[a7]);
     let sa7 = w[a7 + 1u];
     let sb7 = w[a7 + 2u];
     let sc7 = w[a7 + 3u];
+    let ha7 = vec4<u32>(w[a7 + 4u], w[a7 + 5u], w[a7 + 6u], w[a7 + 7u]);
+    let hb7 = vec4<u32>(w[a7 + 8u], w[a7 + 9u], w[a7 + 10u], w[a7 + 11u]);
     for (var pr = 0u; pr < 4u; pr++) {
         let slo0 = scale_min_k4(sa0, sb0, sc0, 2u * pr) * dm0;
         let shi0 = scale_min_k4(sa0, sb0, sc0, 2u * pr + 1u) * dm0;
@@ -200,37 +217,45 @@ fn dot_block_batch(b: array<u32, 8>, xo: array<u32, 4>, lane: u32) -> array<f32,
             let gh2 = vec4<f32>(0.0);
             let gl3 = vec4<f32>(0.0);
             let gh3 = vec4<f32>(0.0);
+            let hg0 = select(ha0, hb0, g == 1u) >> vec4<u32>(2u * pr);
+            let hg1 = select(ha1, hb1, g == 1u) >> vec4<u32>(2u * pr);
+            let hg2 = select(ha2, hb2, g == 1u) >> vec4<u32>(2u * pr);
+            let hg3 = select(ha3, hb3, g == 1u) >> vec4<u32>(2u * pr);
+            let hg4 = select(ha4, hb4, g == 1u) >> vec4<u32>(2u * pr);
+            let hg5 = select(ha5, hb5, g == 1u) >> vec4<u32>(2u * pr);
+            let hg6 = select(ha6, hb6, g == 1u) >> vec4<u32>(2u * pr);
+            let hg7 = select(ha7, hb7, g == 1u) >> vec4<u32>(2u * pr);
             {
                 let q0 = w[a0 + 12u + 8u * pr + 4u * g + 0u];
-                let h0 = w[a0 + 4u + 4u * g + 0u] >> (2u * pr);
+                let h0 = hg0[0];
                 let lo0 = u8x4((q0 & 0x0f0f0f0fu) | ((h0 << 4u) & 0x10101010u)) * slo0.x - slo0.y;
                 let hi0 = u8x4(((q0 >> 4u) & 0x0f0f0f0fu) | ((h0 << 3u) & 0x10101010u)) * shi0.x - shi0.y;
                 let q1 = w[a1 + 12u + 8u * pr + 4u * g + 0u];
-                let h1 = w[a1 + 4u + 4u * g + 0u] >> (2u * pr);
+                let h1 = hg1[0];
                 let lo1 = u8x4((q1 & 0x0f0f0f0fu) | ((h1 << 4u) & 0x10101010u)) * slo1.x - slo1.y;
                 let hi1 = u8x4(((q1 >> 4u) & 0x0f0f0f0fu) | ((h1 << 3u) & 0x10101010u)) * shi1.x - shi1.y;
                 let q2 = w[a2 + 12u + 8u * pr + 4u * g + 0u];
-                let h2 = w[a2 + 4u + 4u * g + 0u] >> (2u * pr);
+                let h2 = hg2[0];
                 let lo2 = u8x4((q2 & 0x0f0f0f0fu) | ((h2 << 4u) & 0x10101010u)) * slo2.x - slo2.y;
                 let hi2 = u8x4(((q2 >> 4u) & 0x0f0f0f0fu) | ((h2 << 3u) & 0x10101010u)) * shi2.x - shi2.y;
                 let q3 = w[a3 + 12u + 8u * pr + 4u * g + 0u];
-                let h3 = w[a3 + 4u + 4u * g + 0u] >> (2u * pr);
+                let h3 = hg3[0];
                 let lo3 = u8x4((q3 & 0x0f0f0f0fu) | ((h3 << 4u) & 0x10101010u)) * slo3.x - slo3.y;
                 let hi3 = u8x4(((q3 >> 4u) & 0x0f0f0f0fu) | ((h3 << 3u) & 0x10101010u)) * shi3.x - shi3.y;
                 let q4 = w[a4 + 12u + 8u * pr + 4u * g + 0u];
-                let h4 = w[a4 + 4u + 4u * g + 0u] >> (2u * pr);
+                let h4 = hg4[0];
                 let lo4 = u8x4((q4 & 0x0f0f0f0fu) | ((h4 << 4u) & 0x10101010u)) * slo4.x - slo4.y;
                 let hi4 = u8x4(((q4 >> 4u) & 0x0f0f0f0fu) | ((h4 << 3u) & 0x10101010u)) * shi4.x - shi4.y;
                 let q5 = w[a5 + 12u + 8u * pr + 4u * g + 0u];
-                let h5 = w[a5 + 4u + 4u * g + 0u] >> (2u * pr);
+                let h5 = hg5[0];
                 let lo5 = u8x4((q5 & 0x0f0f0f0fu) | ((h5 << 4u) & 0x10101010u)) * slo5.x - slo5.y;
                 let hi5 = u8x4(((q5 >> 4u) & 0x0f0f0f0fu) | ((h5 << 3u) & 0x10101010u)) * shi5.x - shi5.y;
                 let q6 = w[a6 + 12u + 8u * pr + 4u * g + 0u];
-                let h6 = w[a6 + 4u + 4u * g + 0u] >> (2u * pr);
+                let h6 = hg6[0];
                 let lo6 = u8x4((q6 & 0x0f0f0f0fu) | ((h6 << 4u) & 0x10101010u)) * slo6.x - slo6.y;
                 let hi6 = u8x4(((q6 >> 4u) & 0x0f0f0f0fu) | ((h6 << 3u) & 0x10101010u)) * shi6.x - shi6.y;
                 let q7 = w[a7 + 12u + 8u * pr + 4u * g + 0u];
-                let h7 = w[a7 + 4u + 4u * g + 0u] >> (2u * pr);
+                let h7 = hg7[0];
                 let lo7 = u8x4((q7 & 0x0f0f0f0fu) | ((h7 << 4u) & 0x10101010u)) * slo7.x - slo7.y;
                 let hi7 = u8x4(((q7 >> 4u) & 0x0f0f0f0fu) | ((h7 << 3u) & 0x10101010u)) * shi7.x - shi7.y;
                 {
@@ -284,35 +309,35 @@ fn dot_block_batch(b: array<u32, 8>, xo: array<u32, 4>, lane: u32) -> array<f32,
             }
             {
                 let q0 = w[a0 + 12u + 8u * pr + 4u * g + 1u];
-                let h0 = w[a0 + 4u + 4u * g + 1u] >> (2u * pr);
+                let h0 = hg0[1];
                 let lo0 = u8x4((q0 & 0x0f0f0f0fu) | ((h0 << 4u) & 0x10101010u)) * slo0.x - slo0.y;
                 let hi0 = u8x4(((q0 >> 4u) & 0x0f0f0f0fu) | ((h0 << 3u) & 0x10101010u)) * shi0.x - shi0.y;
                 let q1 = w[a1 + 12u + 8u * pr + 4u * g + 1u];
-                let h1 = w[a1 + 4u + 4u * g + 1u] >> (2u * pr);
+                let h1 = hg1[1];
                 let lo1 = u8x4((q1 & 0x0f0f0f0fu) | ((h1 << 4u) & 0x10101010u)) * slo1.x - slo1.y;
                 let hi1 = u8x4(((q1 >> 4u) & 0x0f0f0f0fu) | ((h1 << 3u) & 0x10101010u)) * shi1.x - shi1.y;
                 let q2 = w[a2 + 12u + 8u * pr + 4u * g + 1u];
-                let h2 = w[a2 + 4u + 4u * g + 1u] >> (2u * pr);
+                let h2 = hg2[1];
                 let lo2 = u8x4((q2 & 0x0f0f0f0fu) | ((h2 << 4u) & 0x10101010u)) * slo2.x - slo2.y;
                 let hi2 = u8x4(((q2 >> 4u) & 0x0f0f0f0fu) | ((h2 << 3u) & 0x10101010u)) * shi2.x - shi2.y;
                 let q3 = w[a3 + 12u + 8u * pr + 4u * g + 1u];
-                let h3 = w[a3 + 4u + 4u * g + 1u] >> (2u * pr);
+                let h3 = hg3[1];
                 let lo3 = u8x4((q3 & 0x0f0f0f0fu) | ((h3 << 4u) & 0x10101010u)) * slo3.x - slo3.y;
                 let hi3 = u8x4(((q3 >> 4u) & 0x0f0f0f0fu) | ((h3 << 3u) & 0x10101010u)) * shi3.x - shi3.y;
                 let q4 = w[a4 + 12u + 8u * pr + 4u * g + 1u];
-                let h4 = w[a4 + 4u + 4u * g + 1u] >> (2u * pr);
+                let h4 = hg4[1];
                 let lo4 = u8x4((q4 & 0x0f0f0f0fu) | ((h4 << 4u) & 0x10101010u)) * slo4.x - slo4.y;
                 let hi4 = u8x4(((q4 >> 4u) & 0x0f0f0f0fu) | ((h4 << 3u) & 0x10101010u)) * shi4.x - shi4.y;
                 let q5 = w[a5 + 12u + 8u * pr + 4u * g + 1u];
-                let h5 = w[a5 + 4u + 4u * g + 1u] >> (2u * pr);
+                let h5 = hg5[1];
                 let lo5 = u8x4((q5 & 0x0f0f0f0fu) | ((h5 << 4u) & 0x10101010u)) * slo5.x - slo5.y;
                 let hi5 = u8x4(((q5 >> 4u) & 0x0f0f0f0fu) | ((h5 << 3u) & 0x10101010u)) * shi5.x - shi5.y;
                 let q6 = w[a6 + 12u + 8u * pr + 4u * g + 1u];
-                let h6 = w[a6 + 4u + 4u * g + 1u] >> (2u * pr);
+                let h6 = hg6[1];
                 let lo6 = u8x4((q6 & 0x0f0f0f0fu) | ((h6 << 4u) & 0x10101010u)) * slo6.x - slo6.y;
                 let hi6 = u8x4(((q6 >> 4u) & 0x0f0f0f0fu) | ((h6 << 3u) & 0x10101010u)) * shi6.x - shi6.y;
                 let q7 = w[a7 + 12u + 8u * pr + 4u * g + 1u];
-                let h7 = w[a7 + 4u + 4u * g + 1u] >> (2u * pr);
+                let h7 = hg7[1];
                 let lo7 = u8x4((q7 & 0x0f0f0f0fu) | ((h7 << 4u) & 0x10101010u)) * slo7.x - slo7.y;
                 let hi7 = u8x4(((q7 >> 4u) & 0x0f0f0f0fu) | ((h7 << 3u) & 0x10101010u)) * shi7.x - shi7.y;
                 {
@@ -366,35 +391,35 @@ fn dot_block_batch(b: array<u32, 8>, xo: array<u32, 4>, lane: u32) -> array<f32,
             }
             {
                 let q0 = w[a0 + 12u + 8u * pr + 4u * g + 2u];
-                let h0 = w[a0 + 4u + 4u * g + 2u] >> (2u * pr);
+                let h0 = hg0[2];
                 let lo0 = u8x4((q0 & 0x0f0f0f0fu) | ((h0 << 4u) & 0x10101010u)) * slo0.x - slo0.y;
                 let hi0 = u8x4(((q0 >> 4u) & 0x0f0f0f0fu) | ((h0 << 3u) & 0x10101010u)) * shi0.x - shi0.y;
                 let q1 = w[a1 + 12u + 8u * pr + 4u * g + 2u];
-                let h1 = w[a1 + 4u + 4u * g + 2u] >> (2u * pr);
+                let h1 = hg1[2];
                 let lo1 = u8x4((q1 & 0x0f0f0f0fu) | ((h1 << 4u) & 0x10101010u)) * slo1.x - slo1.y;
                 let hi1 = u8x4(((q1 >> 4u) & 0x0f0f0f0fu) | ((h1 << 3u) & 0x10101010u)) * shi1.x - shi1.y;
                 let q2 = w[a2 + 12u + 8u * pr + 4u * g + 2u];
-                let h2 = w[a2 + 4u + 4u * g + 2u] >> (2u * pr);
+                let h2 = hg2[2];
                 let lo2 = u8x4((q2 & 0x0f0f0f0fu) | ((h2 << 4u) & 0x10101010u)) * slo2.x - slo2.y;
                 let hi2 = u8x4(((q2 >> 4u) & 0x0f0f0f0fu) | ((h2 << 3u) & 0x10101010u)) * shi2.x - shi2.y;
                 let q3 = w[a3 + 12u + 8u * pr + 4u * g + 2u];
-                let h3 = w[a3 + 4u + 4u * g + 2u] >> (2u * pr);
+                let h3 = hg3[2];
                 let lo3 = u8x4((q3 & 0x0f0f0f0fu) | ((h3 << 4u) & 0x10101010u)) * slo3.x - slo3.y;
                 let hi3 = u8x4(((q3 >> 4u) & 0x0f0f0f0fu) | ((h3 << 3u) & 0x10101010u)) * shi3.x - shi3.y;
                 let q4 = w[a4 + 12u + 8u * pr + 4u * g + 2u];
-                let h4 = w[a4 + 4u + 4u * g + 2u] >> (2u * pr);
+                let h4 = hg4[2];
                 let lo4 = u8x4((q4 & 0x0f0f0f0fu) | ((h4 << 4u) & 0x10101010u)) * slo4.x - slo4.y;
                 let hi4 = u8x4(((q4 >> 4u) & 0x0f0f0f0fu) | ((h4 << 3u) & 0x10101010u)) * shi4.x - shi4.y;
                 let q5 = w[a5 + 12u + 8u * pr + 4u * g + 2u];
-                let h5 = w[a5 + 4u + 4u * g + 2u] >> (2u * pr);
+                let h5 = hg5[2];
                 let lo5 = u8x4((q5 & 0x0f0f0f0fu) | ((h5 << 4u) & 0x10101010u)) * slo5.x - slo5.y;
                 let hi5 = u8x4(((q5 >> 4u) & 0x0f0f0f0fu) | ((h5 << 3u) & 0x10101010u)) * shi5.x - shi5.y;
                 let q6 = w[a6 + 12u + 8u * pr + 4u * g + 2u];
-                let h6 = w[a6 + 4u + 4u * g + 2u] >> (2u * pr);
+                let h6 = hg6[2];
                 let lo6 = u8x4((q6 & 0x0f0f0f0fu) | ((h6 << 4u) & 0x10101010u)) * slo6.x - slo6.y;
                 let hi6 = u8x4(((q6 >> 4u) & 0x0f0f0f0fu) | ((h6 << 3u) & 0x10101010u)) * shi6.x - shi6.y;
                 let q7 = w[a7 + 12u + 8u * pr + 4u * g + 2u];
-                let h7 = w[a7 + 4u + 4u * g + 2u] >> (2u * pr);
+                let h7 = hg7[2];
                 let lo7 = u8x4((q7 & 0x0f0f0f0fu) | ((h7 << 4u) & 0x10101010u)) * slo7.x - slo7.y;
                 let hi7 = u8x4(((q7 >> 4u) & 0x0f0f0f0fu) | ((h7 << 3u) & 0x10101010u)) * shi7.x - shi7.y;
                 {
@@ -448,35 +473,35 @@ fn dot_block_batch(b: array<u32, 8>, xo: array<u32, 4>, lane: u32) -> array<f32,
             }
             {
                 let q0 = w[a0 + 12u + 8u * pr + 4u * g + 3u];
-                let h0 = w[a0 + 4u + 4u * g + 3u] >> (2u * pr);
+                let h0 = hg0[3];
                 let lo0 = u8x4((q0 & 0x0f0f0f0fu) | ((h0 << 4u) & 0x10101010u)) * slo0.x - slo0.y;
                 let hi0 = u8x4(((q0 >> 4u) & 0x0f0f0f0fu) | ((h0 << 3u) & 0x10101010u)) * shi0.x - shi0.y;
                 let q1 = w[a1 + 12u + 8u * pr + 4u * g + 3u];
-                let h1 = w[a1 + 4u + 4u * g + 3u] >> (2u * pr);
+                let h1 = hg1[3];
                 let lo1 = u8x4((q1 & 0x0f0f0f0fu) | ((h1 << 4u) & 0x10101010u)) * slo1.x - slo1.y;
                 let hi1 = u8x4(((q1 >> 4u) & 0x0f0f0f0fu) | ((h1 << 3u) & 0x10101010u)) * shi1.x - shi1.y;
                 let q2 = w[a2 + 12u + 8u * pr + 4u * g + 3u];
-                let h2 = w[a2 + 4u + 4u * g + 3u] >> (2u * pr);
+                let h2 = hg2[3];
                 let lo2 = u8x4((q2 & 0x0f0f0f0fu) | ((h2 << 4u) & 0x10101010u)) * slo2.x - slo2.y;
                 let hi2 = u8x4(((q2 >> 4u) & 0x0f0f0f0fu) | ((h2 << 3u) & 0x10101010u)) * shi2.x - shi2.y;
                 let q3 = w[a3 + 12u + 8u * pr + 4u * g + 3u];
-                let h3 = w[a3 + 4u + 4u * g + 3u] >> (2u * pr);
+                let h3 = hg3[3];
                 let lo3 = u8x4((q3 & 0x0f0f0f0fu) | ((h3 << 4u) & 0x10101010u)) * slo3.x - slo3.y;
                 let hi3 = u8x4(((q3 >> 4u) & 0x0f0f0f0fu) | ((h3 << 3u) & 0x10101010u)) * shi3.x - shi3.y;
                 let q4 = w[a4 + 12u + 8u * pr + 4u * g + 3u];
-                let h4 = w[a4 + 4u + 4u * g + 3u] >> (2u * pr);
+                let h4 = hg4[3];
                 let lo4 = u8x4((q4 & 0x0f0f0f0fu) | ((h4 << 4u) & 0x10101010u)) * slo4.x - slo4.y;
                 let hi4 = u8x4(((q4 >> 4u) & 0x0f0f0f0fu) | ((h4 << 3u) & 0x10101010u)) * shi4.x - shi4.y;
                 let q5 = w[a5 + 12u + 8u * pr + 4u * g + 3u];
-                let h5 = w[a5 + 4u + 4u * g + 3u] >> (2u * pr);
+                let h5 = hg5[3];
                 let lo5 = u8x4((q5 & 0x0f0f0f0fu) | ((h5 << 4u) & 0x10101010u)) * slo5.x - slo5.y;
                 let hi5 = u8x4(((q5 >> 4u) & 0x0f0f0f0fu) | ((h5 << 3u) & 0x10101010u)) * shi5.x - shi5.y;
                 let q6 = w[a6 + 12u + 8u * pr + 4u * g + 3u];
-                let h6 = w[a6 + 4u + 4u * g + 3u] >> (2u * pr);
+                let h6 = hg6[3];
                 let lo6 = u8x4((q6 & 0x0f0f0f0fu) | ((h6 << 4u) & 0x10101010u)) * slo6.x - slo6.y;
                 let hi6 = u8x4(((q6 >> 4u) & 0x0f0f0f0fu) | ((h6 << 3u) & 0x10101010u)) * shi6.x - shi6.y;
                 let q7 = w[a7 + 12u + 8u * pr + 4u * g + 3u];
-                let h7 = w[a7 + 4u + 4u * g + 3u] >> (2u * pr);
+                let h7 = hg7[3];
                 let lo7 = u8x4((q7 & 0x0f0f0f0fu) | ((h7 << 4u) & 0x10101010u)) * slo7.x - slo7.y;
                 let hi7 = u8x4(((q7 >> 4u) & 0x0f0f0f0fu) | ((h7 << 3u) & 0x10101010u)) * shi7.x - shi7.y;
                 {
