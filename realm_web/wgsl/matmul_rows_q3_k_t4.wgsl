@@ -134,7 +134,7 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
 // pairs and funnel-shifted where a block starts 2 bytes into a word, without branching (as Q6_K's). They walk a
 // block by half h (qs[32h ..]) and 16-element group g: quants word 8 + 8h + 4g + j holds, at shift 2s, elements
 // 16g + 4j .. + 4 of unit 4h + s (x vec4 32h + 8s + 4g + j), whose hmask bits are bit 4h + s of hmask word
-// 4g + j, and whose scale is number 8h + 2s + g.
+// 4g + j, and whose scale is number 8h + 2s + g. The 8 hmask words serve both halves: loaded once a block.
 
 // block words v..v+3 of a block whose first byte is byte 0 (2 if `odd`) of word `a`
 fn q3_words(a: u32, odd: bool, v: u32) -> vec4<u32> {
@@ -176,34 +176,42 @@ fn dot_block_batch(b: array<u32, 4>, xo: array<u32, 4>, lane: u32) -> array<f32,
     let a0 = b[0] >> 2u;
     let odd0 = (b[0] & 2u) != 0u;
     let hd0 = q3_head(a0, odd0);
+    let ha0 = q3_words(a0, odd0, 0u);
+    let hb0 = q3_words(a0, odd0, 4u);
     let a1 = b[1] >> 2u;
     let odd1 = (b[1] & 2u) != 0u;
     let hd1 = q3_head(a1, odd1);
+    let ha1 = q3_words(a1, odd1, 0u);
+    let hb1 = q3_words(a1, odd1, 4u);
     let a2 = b[2] >> 2u;
     let odd2 = (b[2] & 2u) != 0u;
     let hd2 = q3_head(a2, odd2);
+    let ha2 = q3_words(a2, odd2, 0u);
+    let hb2 = q3_words(a2, odd2, 4u);
     let a3 = b[3] >> 2u;
     let odd3 = (b[3] & 2u) != 0u;
     let hd3 = q3_head(a3, odd3);
+    let ha3 = q3_words(a3, odd3, 0u);
+    let hb3 = q3_words(a3, odd3, 4u);
     for (var hg = 0u; hg < 4u; hg++) {
         let h = hg >> 1u;
         let g = hg & 1u;
         let ds0 = hd0.d * q3_group_scales(hd0.sc[2u * h], hd0.sc[2u * h + 1u], g);
         let dz0 = ds0 * 4.0;
         let qs0 = q3_words(a0, odd0, 8u + 8u * h + 4u * g);
-        let hm0 = q3_words(a0, odd0, 4u * g) >> vec4<u32>(4u * h);
+        let hm0 = select(ha0, hb0, g == 1u) >> vec4<u32>(4u * h);
         let ds1 = hd1.d * q3_group_scales(hd1.sc[2u * h], hd1.sc[2u * h + 1u], g);
         let dz1 = ds1 * 4.0;
         let qs1 = q3_words(a1, odd1, 8u + 8u * h + 4u * g);
-        let hm1 = q3_words(a1, odd1, 4u * g) >> vec4<u32>(4u * h);
+        let hm1 = select(ha1, hb1, g == 1u) >> vec4<u32>(4u * h);
         let ds2 = hd2.d * q3_group_scales(hd2.sc[2u * h], hd2.sc[2u * h + 1u], g);
         let dz2 = ds2 * 4.0;
         let qs2 = q3_words(a2, odd2, 8u + 8u * h + 4u * g);
-        let hm2 = q3_words(a2, odd2, 4u * g) >> vec4<u32>(4u * h);
+        let hm2 = select(ha2, hb2, g == 1u) >> vec4<u32>(4u * h);
         let ds3 = hd3.d * q3_group_scales(hd3.sc[2u * h], hd3.sc[2u * h + 1u], g);
         let dz3 = ds3 * 4.0;
         let qs3 = q3_words(a3, odd3, 8u + 8u * h + 4u * g);
-        let hm3 = q3_words(a3, odd3, 4u * g) >> vec4<u32>(4u * h);
+        let hm3 = select(ha3, hb3, g == 1u) >> vec4<u32>(4u * h);
         let g0_0 = vec4<f32>(0.0);
         let g1_0 = vec4<f32>(0.0);
         let g2_0 = vec4<f32>(0.0);

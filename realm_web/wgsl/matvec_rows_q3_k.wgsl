@@ -131,7 +131,7 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
 // pairs and funnel-shifted where a block starts 2 bytes into a word, without branching (as Q6_K's). They walk a
 // block by half h (qs[32h ..]) and 16-element group g: quants word 8 + 8h + 4g + j holds, at shift 2s, elements
 // 16g + 4j .. + 4 of unit 4h + s (x vec4 32h + 8s + 4g + j), whose hmask bits are bit 4h + s of hmask word
-// 4g + j, and whose scale is number 8h + 2s + g.
+// 4g + j, and whose scale is number 8h + 2s + g. The 8 hmask words serve both halves: loaded once a block.
 
 // block words v..v+3 of a block whose first byte is byte 0 (2 if `odd`) of word `a`
 fn q3_words(a: u32, odd: bool, v: u32) -> vec4<u32> {
@@ -174,9 +174,17 @@ fn dot_block(bases: vec4<u32>, blk: u32, xv: u32) -> vec4<f32> {
     let one = vec4<f32>(1.0);
     var acc = vec4<f32>(0.0);
     let hd0 = q3_head(a[0], odd[0]);
+    let ha0 = q3_words(a[0], odd[0], 0u);
+    let hb0 = q3_words(a[0], odd[0], 4u);
     let hd1 = q3_head(a[1], odd[1]);
+    let ha1 = q3_words(a[1], odd[1], 0u);
+    let hb1 = q3_words(a[1], odd[1], 4u);
     let hd2 = q3_head(a[2], odd[2]);
+    let ha2 = q3_words(a[2], odd[2], 0u);
+    let hb2 = q3_words(a[2], odd[2], 4u);
     let hd3 = q3_head(a[3], odd[3]);
+    let ha3 = q3_words(a[3], odd[3], 0u);
+    let hb3 = q3_words(a[3], odd[3], 4u);
     for (var hg = 0u; hg < 4u; hg++) {
         let h = hg >> 1u;
         let g = hg & 1u;
@@ -186,25 +194,25 @@ fn dot_block(bases: vec4<u32>, blk: u32, xv: u32) -> vec4<f32> {
         var x2 = vec4<f32>(0.0);
         var x3 = vec4<f32>(0.0);
         let qs0 = q3_words(a[0], odd[0], 8u + 8u * h + 4u * g);
-        let hm0 = q3_words(a[0], odd[0], 4u * g) >> vec4<u32>(4u * h);
+        let hm0 = select(ha0, hb0, g == 1u) >> vec4<u32>(4u * h);
         var s00 = 0.0;
         var s01 = 0.0;
         var s02 = 0.0;
         var s03 = 0.0;
         let qs1 = q3_words(a[1], odd[1], 8u + 8u * h + 4u * g);
-        let hm1 = q3_words(a[1], odd[1], 4u * g) >> vec4<u32>(4u * h);
+        let hm1 = select(ha1, hb1, g == 1u) >> vec4<u32>(4u * h);
         var s10 = 0.0;
         var s11 = 0.0;
         var s12 = 0.0;
         var s13 = 0.0;
         let qs2 = q3_words(a[2], odd[2], 8u + 8u * h + 4u * g);
-        let hm2 = q3_words(a[2], odd[2], 4u * g) >> vec4<u32>(4u * h);
+        let hm2 = select(ha2, hb2, g == 1u) >> vec4<u32>(4u * h);
         var s20 = 0.0;
         var s21 = 0.0;
         var s22 = 0.0;
         var s23 = 0.0;
         let qs3 = q3_words(a[3], odd[3], 8u + 8u * h + 4u * g);
-        let hm3 = q3_words(a[3], odd[3], 4u * g) >> vec4<u32>(4u * h);
+        let hm3 = select(ha3, hb3, g == 1u) >> vec4<u32>(4u * h);
         var s30 = 0.0;
         var s31 = 0.0;
         var s32 = 0.0;
