@@ -14,7 +14,7 @@ from realm_web.quants import COMPUTE_TYPES
 
 FLOAT_TYPES = ("F32", "F16", "BF16")  # rows may be any length: units past K read as zero
 # quant snippets with a fused dot_block (matvec_rows uses it instead of dequant_unit)
-DOT_BLOCK = ("Q4_0", "Q4_K", "Q6_K", "Q8_0")
+DOT_BLOCK = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 256)
 
 
@@ -37,7 +37,7 @@ def variants() -> list[Variant]:
         out.append(Variant(f"get_rows_{q}", "get_rows.wgsl.j2", common))
         # matmul_rows: fused where the snippet has dot_block_batch, plus `_unit` (dequant_unit) for the types whose
         # fused form needs K % ROWS_K_MULTIPLE == 0
-        for fused in (True, False) if qt in ROWS_K_MULTIPLE else (qt in BATCH_FUSED,):
+        for fused in (True, False) if qt in BATCH_FUSED and qt in ROWS_K_MULTIPLE else (qt in BATCH_FUSED,):
             unit = "_unit" if qt in BATCH_FUSED and not fused else ""
             for tn in BATCH_TN:
                 for sg in (False, True):

@@ -15,17 +15,20 @@ from realm_web.weights import Weight
 UNIT = 32  # elements per dequantize_unit call (every type's snippet)
 MATMUL_TN = 8  # tokens per matmul workgroup (const TN in matmul.wgsl.j2)
 # rows per invocation of matvec_rows for types with a fused dot_block (const ROWS in their quant snippet)
-ROWS_PER_INVOCATION = {"Q4_0": 4, "Q4_K": 4, "Q6_K": 4, "Q8_0": 4}
-# ... whose dot_block reads block pairs, word-aligned only when K is a multiple of this (else: the workgroup kernel)
-ROWS_K_MULTIPLE = {"Q4_0": 64, "Q8_0": 64}
+ROWS_PER_INVOCATION = dict.fromkeys(
+    ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"), 4
+)
+# ... whose dot_block reads block pairs (F16 / BF16: units of 32), word-aligned and whole only when K is a multiple of
+# this (else: the workgroup kernel)
+ROWS_K_MULTIPLE = {"F16": 32, "BF16": 32, "Q4_0": 64, "Q5_0": 64, "Q8_0": 64}
 # matmul_rows, the batch kernel on CPU adapters (codegen/variants.py renders its variants from these): tokens per
 # invocation (a batch is tiles of 8, then one tile of the smallest size that holds the rest); the types whose snippet
 # has a fused dot_block_batch (Q4_0 / Q8_0 only when K % ROWS_K_MULTIPLE == 0, else their `_unit` variant); weight
 # rows per invocation, measured on lavapipe: 8 where the fused form's weight loads are word-aligned, else 4 (the
 # per-lane weight loads dominate, and compile time grows with them)
 BATCH_TN = (1, 2, 4, 8)
-BATCH_FUSED = ("Q4_0", "Q4_K", "Q6_K", "Q8_0")
-BATCH_ROWS_FUSED = {"Q4_0": 8, "Q4_K": 8, "Q8_0": 8}
+BATCH_FUSED = ("Q4_0", "Q4_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+BATCH_ROWS_FUSED = {"Q4_0": 8, "Q4_1": 8, "Q8_0": 8, "Q2_K": 8, "Q4_K": 8, "Q5_K": 8}
 
 
 # matmul_rows' workgroup size: 64, or BATCH_SMALL_WG where 64 would leave a weight fewer than BATCH_MIN_GROUPS

@@ -18,7 +18,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 override WG: u32 = 64u;  // invocations per workgroup (a multiple of 4 with subgroups)
-const RB: u32 = 4u;  // weight rows per invocation
+const RB: u32 = 8u;  // weight rows per invocation
 const TN: u32 = 8u;  // tokens per invocation
 
 // byte `b` of the weight buffer, as 0..255
@@ -149,6 +149,1841 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
     return v;
 }
 
+// The fused forms walk a block by half h (qs[32h ..]) and 16-element group g: quants word 4 + 8h + 4g + j holds,
+// at shift 2s, elements 16g + 4j .. + 4 of unit 4h + s (x vec4 32h + 8s + 4g + j), whose scale byte is
+// scales[8h + 2s + g]: byte g or 2 + g of scales word 2h (s < 2) or 2h + 1.
+// The 4 scale bytes of groups (h, g, s = 0..3), given scales words lo = 2h and hi = 2h + 1.
+fn q2_group_scales(lo: u32, hi: u32, g: u32) -> vec4<u32> {
+    let sh = 8u * g;
+    return (vec4<u32>(lo >> sh, lo >> (sh + 16u), hi >> sh, hi >> (sh + 16u))) & vec4<u32>(0xffu);
+}
+
+// Batches' fused form (matmul_rows): the block of RB rows at byte offsets `b` dotted with TN tokens' x (vec4
+// `xo[t]` of each token's block), x read through the including kernel's xgroup/xpick. Each quants word is
+// dequantized once per shift, d sc q - dmin m (one FMA an element), and dotted with all TN tokens' x. Registers
+// are what CPU adapters lack: a row's 4 group scale bytes stay packed in one word until their shift, and each
+// shift's RB dequantized vec4s are used up before the next (at n = 1 on lavapipe 1.26x faster than holding all 4
+// shifts and their unpacked scales). Result: [RB][TN], each token's terms added in one fixed order.
+const BATCH_UNITS: u32 = 8u;
+const BATCH_BYTES: u32 = BLOCK_BYTES;
+
+fn dot_block_batch(b: array<u32, 8>, xo: array<u32, 8>, lane: u32) -> array<f32, 64> {
+    var acc: array<f32, 64>;
+    let a0 = b[0] >> 2u;
+    let dm0 = unpack2x16float(w[a0 + 20u]);
+    let a1 = b[1] >> 2u;
+    let dm1 = unpack2x16float(w[a1 + 20u]);
+    let a2 = b[2] >> 2u;
+    let dm2 = unpack2x16float(w[a2 + 20u]);
+    let a3 = b[3] >> 2u;
+    let dm3 = unpack2x16float(w[a3 + 20u]);
+    let a4 = b[4] >> 2u;
+    let dm4 = unpack2x16float(w[a4 + 20u]);
+    let a5 = b[5] >> 2u;
+    let dm5 = unpack2x16float(w[a5 + 20u]);
+    let a6 = b[6] >> 2u;
+    let dm6 = unpack2x16float(w[a6 + 20u]);
+    let a7 = b[7] >> 2u;
+    let dm7 = unpack2x16float(w[a7 + 20u]);
+    for (var hg = 0u; hg < 4u; hg++) {
+        let h = hg >> 1u;
+        let g = hg & 1u;
+        let sb0 = q2_group_scales(w[a0 + 2u * h], w[a0 + 2u * h + 1u], g);
+        let sp0 = sb0.x | (sb0.y << 8u) | (sb0.z << 16u) | (sb0.w << 24u);
+        let qa0 = a0 + 4u + 8u * h + 4u * g;
+        let sb1 = q2_group_scales(w[a1 + 2u * h], w[a1 + 2u * h + 1u], g);
+        let sp1 = sb1.x | (sb1.y << 8u) | (sb1.z << 16u) | (sb1.w << 24u);
+        let qa1 = a1 + 4u + 8u * h + 4u * g;
+        let sb2 = q2_group_scales(w[a2 + 2u * h], w[a2 + 2u * h + 1u], g);
+        let sp2 = sb2.x | (sb2.y << 8u) | (sb2.z << 16u) | (sb2.w << 24u);
+        let qa2 = a2 + 4u + 8u * h + 4u * g;
+        let sb3 = q2_group_scales(w[a3 + 2u * h], w[a3 + 2u * h + 1u], g);
+        let sp3 = sb3.x | (sb3.y << 8u) | (sb3.z << 16u) | (sb3.w << 24u);
+        let qa3 = a3 + 4u + 8u * h + 4u * g;
+        let sb4 = q2_group_scales(w[a4 + 2u * h], w[a4 + 2u * h + 1u], g);
+        let sp4 = sb4.x | (sb4.y << 8u) | (sb4.z << 16u) | (sb4.w << 24u);
+        let qa4 = a4 + 4u + 8u * h + 4u * g;
+        let sb5 = q2_group_scales(w[a5 + 2u * h], w[a5 + 2u * h + 1u], g);
+        let sp5 = sb5.x | (sb5.y << 8u) | (sb5.z << 16u) | (sb5.w << 24u);
+        let qa5 = a5 + 4u + 8u * h + 4u * g;
+        let sb6 = q2_group_scales(w[a6 + 2u * h], w[a6 + 2u * h + 1u], g);
+        let sp6 = sb6.x | (sb6.y << 8u) | (sb6.z << 16u) | (sb6.w << 24u);
+        let qa6 = a6 + 4u + 8u * h + 4u * g;
+        let sb7 = q2_group_scales(w[a7 + 2u * h], w[a7 + 2u * h + 1u], g);
+        let sp7 = sb7.x | (sb7.y << 8u) | (sb7.z << 16u) | (sb7.w << 24u);
+        let qa7 = a7 + 4u + 8u * h + 4u * g;
+        let g0_0 = vec4<f32>(0.0);
+        let g1_0 = vec4<f32>(0.0);
+        let g2_0 = vec4<f32>(0.0);
+        let g3_0 = vec4<f32>(0.0);
+        let g0_1 = vec4<f32>(0.0);
+        let g1_1 = vec4<f32>(0.0);
+        let g2_1 = vec4<f32>(0.0);
+        let g3_1 = vec4<f32>(0.0);
+        let g0_2 = vec4<f32>(0.0);
+        let g1_2 = vec4<f32>(0.0);
+        let g2_2 = vec4<f32>(0.0);
+        let g3_2 = vec4<f32>(0.0);
+        let g0_3 = vec4<f32>(0.0);
+        let g1_3 = vec4<f32>(0.0);
+        let g2_3 = vec4<f32>(0.0);
+        let g3_3 = vec4<f32>(0.0);
+        let g0_4 = vec4<f32>(0.0);
+        let g1_4 = vec4<f32>(0.0);
+        let g2_4 = vec4<f32>(0.0);
+        let g3_4 = vec4<f32>(0.0);
+        let g0_5 = vec4<f32>(0.0);
+        let g1_5 = vec4<f32>(0.0);
+        let g2_5 = vec4<f32>(0.0);
+        let g3_5 = vec4<f32>(0.0);
+        let g0_6 = vec4<f32>(0.0);
+        let g1_6 = vec4<f32>(0.0);
+        let g2_6 = vec4<f32>(0.0);
+        let g3_6 = vec4<f32>(0.0);
+        let g0_7 = vec4<f32>(0.0);
+        let g1_7 = vec4<f32>(0.0);
+        let g2_7 = vec4<f32>(0.0);
+        let g3_7 = vec4<f32>(0.0);
+        {
+            let q0 = w[qa0 + 0u];
+            let q1 = w[qa1 + 0u];
+            let q2 = w[qa2 + 0u];
+            let q3 = w[qa3 + 0u];
+            let q4 = w[qa4 + 0u];
+            let q5 = w[qa5 + 0u];
+            let q6 = w[qa6 + 0u];
+            let q7 = w[qa7 + 0u];
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 0u) & 0xfu), f32((sp0 >> 4u) & 0xfu));
+                let w0 = u8x4(q0 & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 0u) & 0xfu), f32((sp1 >> 4u) & 0xfu));
+                let w1 = u8x4(q1 & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 0u) & 0xfu), f32((sp2 >> 4u) & 0xfu));
+                let w2 = u8x4(q2 & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 0u) & 0xfu), f32((sp3 >> 4u) & 0xfu));
+                let w3 = u8x4(q3 & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 0u) & 0xfu), f32((sp4 >> 4u) & 0xfu));
+                let w4 = u8x4(q4 & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 0u) & 0xfu), f32((sp5 >> 4u) & 0xfu));
+                let w5 = u8x4(q5 & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 0u) & 0xfu), f32((sp6 >> 4u) & 0xfu));
+                let w6 = u8x4(q6 & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 0u) & 0xfu), f32((sp7 >> 4u) & 0xfu));
+                let w7 = u8x4(q7 & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 0u + 0u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 0u + 0u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 0u + 0u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 0u + 0u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 0u + 0u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 0u + 0u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 0u + 0u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 0u + 0u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 8u) & 0xfu), f32((sp0 >> 12u) & 0xfu));
+                let w0 = u8x4((q0 >> 2u) & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 8u) & 0xfu), f32((sp1 >> 12u) & 0xfu));
+                let w1 = u8x4((q1 >> 2u) & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 8u) & 0xfu), f32((sp2 >> 12u) & 0xfu));
+                let w2 = u8x4((q2 >> 2u) & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 8u) & 0xfu), f32((sp3 >> 12u) & 0xfu));
+                let w3 = u8x4((q3 >> 2u) & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 8u) & 0xfu), f32((sp4 >> 12u) & 0xfu));
+                let w4 = u8x4((q4 >> 2u) & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 8u) & 0xfu), f32((sp5 >> 12u) & 0xfu));
+                let w5 = u8x4((q5 >> 2u) & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 8u) & 0xfu), f32((sp6 >> 12u) & 0xfu));
+                let w6 = u8x4((q6 >> 2u) & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 8u) & 0xfu), f32((sp7 >> 12u) & 0xfu));
+                let w7 = u8x4((q7 >> 2u) & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 8u + 0u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 8u + 0u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 8u + 0u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 8u + 0u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 8u + 0u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 8u + 0u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 8u + 0u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 8u + 0u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 16u) & 0xfu), f32((sp0 >> 20u) & 0xfu));
+                let w0 = u8x4((q0 >> 4u) & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 16u) & 0xfu), f32((sp1 >> 20u) & 0xfu));
+                let w1 = u8x4((q1 >> 4u) & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 16u) & 0xfu), f32((sp2 >> 20u) & 0xfu));
+                let w2 = u8x4((q2 >> 4u) & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 16u) & 0xfu), f32((sp3 >> 20u) & 0xfu));
+                let w3 = u8x4((q3 >> 4u) & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 16u) & 0xfu), f32((sp4 >> 20u) & 0xfu));
+                let w4 = u8x4((q4 >> 4u) & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 16u) & 0xfu), f32((sp5 >> 20u) & 0xfu));
+                let w5 = u8x4((q5 >> 4u) & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 16u) & 0xfu), f32((sp6 >> 20u) & 0xfu));
+                let w6 = u8x4((q6 >> 4u) & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 16u) & 0xfu), f32((sp7 >> 20u) & 0xfu));
+                let w7 = u8x4((q7 >> 4u) & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 16u + 0u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 16u + 0u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 16u + 0u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 16u + 0u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 16u + 0u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 16u + 0u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 16u + 0u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 16u + 0u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 24u) & 0xfu), f32((sp0 >> 28u) & 0xfu));
+                let w0 = u8x4((q0 >> 6u) & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 24u) & 0xfu), f32((sp1 >> 28u) & 0xfu));
+                let w1 = u8x4((q1 >> 6u) & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 24u) & 0xfu), f32((sp2 >> 28u) & 0xfu));
+                let w2 = u8x4((q2 >> 6u) & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 24u) & 0xfu), f32((sp3 >> 28u) & 0xfu));
+                let w3 = u8x4((q3 >> 6u) & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 24u) & 0xfu), f32((sp4 >> 28u) & 0xfu));
+                let w4 = u8x4((q4 >> 6u) & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 24u) & 0xfu), f32((sp5 >> 28u) & 0xfu));
+                let w5 = u8x4((q5 >> 6u) & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 24u) & 0xfu), f32((sp6 >> 28u) & 0xfu));
+                let w6 = u8x4((q6 >> 6u) & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 24u) & 0xfu), f32((sp7 >> 28u) & 0xfu));
+                let w7 = u8x4((q7 >> 6u) & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 24u + 0u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 24u + 0u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 24u + 0u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 24u + 0u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 24u + 0u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 24u + 0u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 24u + 0u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 24u + 0u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+        }
+        {
+            let q0 = w[qa0 + 1u];
+            let q1 = w[qa1 + 1u];
+            let q2 = w[qa2 + 1u];
+            let q3 = w[qa3 + 1u];
+            let q4 = w[qa4 + 1u];
+            let q5 = w[qa5 + 1u];
+            let q6 = w[qa6 + 1u];
+            let q7 = w[qa7 + 1u];
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 0u) & 0xfu), f32((sp0 >> 4u) & 0xfu));
+                let w0 = u8x4(q0 & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 0u) & 0xfu), f32((sp1 >> 4u) & 0xfu));
+                let w1 = u8x4(q1 & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 0u) & 0xfu), f32((sp2 >> 4u) & 0xfu));
+                let w2 = u8x4(q2 & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 0u) & 0xfu), f32((sp3 >> 4u) & 0xfu));
+                let w3 = u8x4(q3 & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 0u) & 0xfu), f32((sp4 >> 4u) & 0xfu));
+                let w4 = u8x4(q4 & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 0u) & 0xfu), f32((sp5 >> 4u) & 0xfu));
+                let w5 = u8x4(q5 & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 0u) & 0xfu), f32((sp6 >> 4u) & 0xfu));
+                let w6 = u8x4(q6 & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 0u) & 0xfu), f32((sp7 >> 4u) & 0xfu));
+                let w7 = u8x4(q7 & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 0u + 1u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 0u + 1u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 0u + 1u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 0u + 1u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 0u + 1u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 0u + 1u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 0u + 1u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 0u + 1u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 8u) & 0xfu), f32((sp0 >> 12u) & 0xfu));
+                let w0 = u8x4((q0 >> 2u) & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 8u) & 0xfu), f32((sp1 >> 12u) & 0xfu));
+                let w1 = u8x4((q1 >> 2u) & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 8u) & 0xfu), f32((sp2 >> 12u) & 0xfu));
+                let w2 = u8x4((q2 >> 2u) & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 8u) & 0xfu), f32((sp3 >> 12u) & 0xfu));
+                let w3 = u8x4((q3 >> 2u) & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 8u) & 0xfu), f32((sp4 >> 12u) & 0xfu));
+                let w4 = u8x4((q4 >> 2u) & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 8u) & 0xfu), f32((sp5 >> 12u) & 0xfu));
+                let w5 = u8x4((q5 >> 2u) & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 8u) & 0xfu), f32((sp6 >> 12u) & 0xfu));
+                let w6 = u8x4((q6 >> 2u) & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 8u) & 0xfu), f32((sp7 >> 12u) & 0xfu));
+                let w7 = u8x4((q7 >> 2u) & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 8u + 1u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 8u + 1u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 8u + 1u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 8u + 1u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 8u + 1u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 8u + 1u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 8u + 1u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 8u + 1u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 16u) & 0xfu), f32((sp0 >> 20u) & 0xfu));
+                let w0 = u8x4((q0 >> 4u) & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 16u) & 0xfu), f32((sp1 >> 20u) & 0xfu));
+                let w1 = u8x4((q1 >> 4u) & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 16u) & 0xfu), f32((sp2 >> 20u) & 0xfu));
+                let w2 = u8x4((q2 >> 4u) & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 16u) & 0xfu), f32((sp3 >> 20u) & 0xfu));
+                let w3 = u8x4((q3 >> 4u) & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 16u) & 0xfu), f32((sp4 >> 20u) & 0xfu));
+                let w4 = u8x4((q4 >> 4u) & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 16u) & 0xfu), f32((sp5 >> 20u) & 0xfu));
+                let w5 = u8x4((q5 >> 4u) & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 16u) & 0xfu), f32((sp6 >> 20u) & 0xfu));
+                let w6 = u8x4((q6 >> 4u) & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 16u) & 0xfu), f32((sp7 >> 20u) & 0xfu));
+                let w7 = u8x4((q7 >> 4u) & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 16u + 1u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 16u + 1u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 16u + 1u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 16u + 1u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 16u + 1u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 16u + 1u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 16u + 1u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 16u + 1u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 24u) & 0xfu), f32((sp0 >> 28u) & 0xfu));
+                let w0 = u8x4((q0 >> 6u) & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 24u) & 0xfu), f32((sp1 >> 28u) & 0xfu));
+                let w1 = u8x4((q1 >> 6u) & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 24u) & 0xfu), f32((sp2 >> 28u) & 0xfu));
+                let w2 = u8x4((q2 >> 6u) & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 24u) & 0xfu), f32((sp3 >> 28u) & 0xfu));
+                let w3 = u8x4((q3 >> 6u) & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 24u) & 0xfu), f32((sp4 >> 28u) & 0xfu));
+                let w4 = u8x4((q4 >> 6u) & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 24u) & 0xfu), f32((sp5 >> 28u) & 0xfu));
+                let w5 = u8x4((q5 >> 6u) & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 24u) & 0xfu), f32((sp6 >> 28u) & 0xfu));
+                let w6 = u8x4((q6 >> 6u) & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 24u) & 0xfu), f32((sp7 >> 28u) & 0xfu));
+                let w7 = u8x4((q7 >> 6u) & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 24u + 1u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 24u + 1u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 24u + 1u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 24u + 1u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 24u + 1u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 24u + 1u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 24u + 1u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 24u + 1u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+        }
+        {
+            let q0 = w[qa0 + 2u];
+            let q1 = w[qa1 + 2u];
+            let q2 = w[qa2 + 2u];
+            let q3 = w[qa3 + 2u];
+            let q4 = w[qa4 + 2u];
+            let q5 = w[qa5 + 2u];
+            let q6 = w[qa6 + 2u];
+            let q7 = w[qa7 + 2u];
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 0u) & 0xfu), f32((sp0 >> 4u) & 0xfu));
+                let w0 = u8x4(q0 & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 0u) & 0xfu), f32((sp1 >> 4u) & 0xfu));
+                let w1 = u8x4(q1 & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 0u) & 0xfu), f32((sp2 >> 4u) & 0xfu));
+                let w2 = u8x4(q2 & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 0u) & 0xfu), f32((sp3 >> 4u) & 0xfu));
+                let w3 = u8x4(q3 & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 0u) & 0xfu), f32((sp4 >> 4u) & 0xfu));
+                let w4 = u8x4(q4 & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 0u) & 0xfu), f32((sp5 >> 4u) & 0xfu));
+                let w5 = u8x4(q5 & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 0u) & 0xfu), f32((sp6 >> 4u) & 0xfu));
+                let w6 = u8x4(q6 & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 0u) & 0xfu), f32((sp7 >> 4u) & 0xfu));
+                let w7 = u8x4(q7 & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 0u + 2u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 0u + 2u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 0u + 2u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 0u + 2u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 0u + 2u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 0u + 2u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 0u + 2u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 0u + 2u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 8u) & 0xfu), f32((sp0 >> 12u) & 0xfu));
+                let w0 = u8x4((q0 >> 2u) & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 8u) & 0xfu), f32((sp1 >> 12u) & 0xfu));
+                let w1 = u8x4((q1 >> 2u) & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 8u) & 0xfu), f32((sp2 >> 12u) & 0xfu));
+                let w2 = u8x4((q2 >> 2u) & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 8u) & 0xfu), f32((sp3 >> 12u) & 0xfu));
+                let w3 = u8x4((q3 >> 2u) & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 8u) & 0xfu), f32((sp4 >> 12u) & 0xfu));
+                let w4 = u8x4((q4 >> 2u) & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 8u) & 0xfu), f32((sp5 >> 12u) & 0xfu));
+                let w5 = u8x4((q5 >> 2u) & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 8u) & 0xfu), f32((sp6 >> 12u) & 0xfu));
+                let w6 = u8x4((q6 >> 2u) & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 8u) & 0xfu), f32((sp7 >> 12u) & 0xfu));
+                let w7 = u8x4((q7 >> 2u) & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 8u + 2u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 8u + 2u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 8u + 2u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 8u + 2u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 8u + 2u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 8u + 2u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 8u + 2u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 8u + 2u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 16u) & 0xfu), f32((sp0 >> 20u) & 0xfu));
+                let w0 = u8x4((q0 >> 4u) & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 16u) & 0xfu), f32((sp1 >> 20u) & 0xfu));
+                let w1 = u8x4((q1 >> 4u) & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 16u) & 0xfu), f32((sp2 >> 20u) & 0xfu));
+                let w2 = u8x4((q2 >> 4u) & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 16u) & 0xfu), f32((sp3 >> 20u) & 0xfu));
+                let w3 = u8x4((q3 >> 4u) & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 16u) & 0xfu), f32((sp4 >> 20u) & 0xfu));
+                let w4 = u8x4((q4 >> 4u) & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 16u) & 0xfu), f32((sp5 >> 20u) & 0xfu));
+                let w5 = u8x4((q5 >> 4u) & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 16u) & 0xfu), f32((sp6 >> 20u) & 0xfu));
+                let w6 = u8x4((q6 >> 4u) & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 16u) & 0xfu), f32((sp7 >> 20u) & 0xfu));
+                let w7 = u8x4((q7 >> 4u) & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 16u + 2u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 16u + 2u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 16u + 2u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 16u + 2u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 16u + 2u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 16u + 2u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 16u + 2u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 16u + 2u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 24u) & 0xfu), f32((sp0 >> 28u) & 0xfu));
+                let w0 = u8x4((q0 >> 6u) & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 24u) & 0xfu), f32((sp1 >> 28u) & 0xfu));
+                let w1 = u8x4((q1 >> 6u) & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 24u) & 0xfu), f32((sp2 >> 28u) & 0xfu));
+                let w2 = u8x4((q2 >> 6u) & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 24u) & 0xfu), f32((sp3 >> 28u) & 0xfu));
+                let w3 = u8x4((q3 >> 6u) & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 24u) & 0xfu), f32((sp4 >> 28u) & 0xfu));
+                let w4 = u8x4((q4 >> 6u) & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 24u) & 0xfu), f32((sp5 >> 28u) & 0xfu));
+                let w5 = u8x4((q5 >> 6u) & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 24u) & 0xfu), f32((sp6 >> 28u) & 0xfu));
+                let w6 = u8x4((q6 >> 6u) & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 24u) & 0xfu), f32((sp7 >> 28u) & 0xfu));
+                let w7 = u8x4((q7 >> 6u) & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 24u + 2u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 24u + 2u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 24u + 2u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 24u + 2u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 24u + 2u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 24u + 2u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 24u + 2u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 24u + 2u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+        }
+        {
+            let q0 = w[qa0 + 3u];
+            let q1 = w[qa1 + 3u];
+            let q2 = w[qa2 + 3u];
+            let q3 = w[qa3 + 3u];
+            let q4 = w[qa4 + 3u];
+            let q5 = w[qa5 + 3u];
+            let q6 = w[qa6 + 3u];
+            let q7 = w[qa7 + 3u];
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 0u) & 0xfu), f32((sp0 >> 4u) & 0xfu));
+                let w0 = u8x4(q0 & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 0u) & 0xfu), f32((sp1 >> 4u) & 0xfu));
+                let w1 = u8x4(q1 & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 0u) & 0xfu), f32((sp2 >> 4u) & 0xfu));
+                let w2 = u8x4(q2 & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 0u) & 0xfu), f32((sp3 >> 4u) & 0xfu));
+                let w3 = u8x4(q3 & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 0u) & 0xfu), f32((sp4 >> 4u) & 0xfu));
+                let w4 = u8x4(q4 & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 0u) & 0xfu), f32((sp5 >> 4u) & 0xfu));
+                let w5 = u8x4(q5 & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 0u) & 0xfu), f32((sp6 >> 4u) & 0xfu));
+                let w6 = u8x4(q6 & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 0u) & 0xfu), f32((sp7 >> 4u) & 0xfu));
+                let w7 = u8x4(q7 & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 0u + 3u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 0u + 3u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 0u + 3u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 0u + 3u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 0u + 3u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 0u + 3u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 0u + 3u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 0u + 3u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 8u) & 0xfu), f32((sp0 >> 12u) & 0xfu));
+                let w0 = u8x4((q0 >> 2u) & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 8u) & 0xfu), f32((sp1 >> 12u) & 0xfu));
+                let w1 = u8x4((q1 >> 2u) & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 8u) & 0xfu), f32((sp2 >> 12u) & 0xfu));
+                let w2 = u8x4((q2 >> 2u) & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 8u) & 0xfu), f32((sp3 >> 12u) & 0xfu));
+                let w3 = u8x4((q3 >> 2u) & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 8u) & 0xfu), f32((sp4 >> 12u) & 0xfu));
+                let w4 = u8x4((q4 >> 2u) & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 8u) & 0xfu), f32((sp5 >> 12u) & 0xfu));
+                let w5 = u8x4((q5 >> 2u) & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 8u) & 0xfu), f32((sp6 >> 12u) & 0xfu));
+                let w6 = u8x4((q6 >> 2u) & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 8u) & 0xfu), f32((sp7 >> 12u) & 0xfu));
+                let w7 = u8x4((q7 >> 2u) & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 8u + 3u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 8u + 3u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 8u + 3u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 8u + 3u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 8u + 3u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 8u + 3u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 8u + 3u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 8u + 3u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 16u) & 0xfu), f32((sp0 >> 20u) & 0xfu));
+                let w0 = u8x4((q0 >> 4u) & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 16u) & 0xfu), f32((sp1 >> 20u) & 0xfu));
+                let w1 = u8x4((q1 >> 4u) & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 16u) & 0xfu), f32((sp2 >> 20u) & 0xfu));
+                let w2 = u8x4((q2 >> 4u) & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 16u) & 0xfu), f32((sp3 >> 20u) & 0xfu));
+                let w3 = u8x4((q3 >> 4u) & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 16u) & 0xfu), f32((sp4 >> 20u) & 0xfu));
+                let w4 = u8x4((q4 >> 4u) & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 16u) & 0xfu), f32((sp5 >> 20u) & 0xfu));
+                let w5 = u8x4((q5 >> 4u) & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 16u) & 0xfu), f32((sp6 >> 20u) & 0xfu));
+                let w6 = u8x4((q6 >> 4u) & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 16u) & 0xfu), f32((sp7 >> 20u) & 0xfu));
+                let w7 = u8x4((q7 >> 4u) & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 16u + 3u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 16u + 3u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 16u + 3u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 16u + 3u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 16u + 3u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 16u + 3u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 16u + 3u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 16u + 3u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+            {
+                let c0 = dm0 * vec2<f32>(f32((sp0 >> 24u) & 0xfu), f32((sp0 >> 28u) & 0xfu));
+                let w0 = u8x4((q0 >> 6u) & 0x03030303u) * c0.x - c0.y;
+                let c1 = dm1 * vec2<f32>(f32((sp1 >> 24u) & 0xfu), f32((sp1 >> 28u) & 0xfu));
+                let w1 = u8x4((q1 >> 6u) & 0x03030303u) * c1.x - c1.y;
+                let c2 = dm2 * vec2<f32>(f32((sp2 >> 24u) & 0xfu), f32((sp2 >> 28u) & 0xfu));
+                let w2 = u8x4((q2 >> 6u) & 0x03030303u) * c2.x - c2.y;
+                let c3 = dm3 * vec2<f32>(f32((sp3 >> 24u) & 0xfu), f32((sp3 >> 28u) & 0xfu));
+                let w3 = u8x4((q3 >> 6u) & 0x03030303u) * c3.x - c3.y;
+                let c4 = dm4 * vec2<f32>(f32((sp4 >> 24u) & 0xfu), f32((sp4 >> 28u) & 0xfu));
+                let w4 = u8x4((q4 >> 6u) & 0x03030303u) * c4.x - c4.y;
+                let c5 = dm5 * vec2<f32>(f32((sp5 >> 24u) & 0xfu), f32((sp5 >> 28u) & 0xfu));
+                let w5 = u8x4((q5 >> 6u) & 0x03030303u) * c5.x - c5.y;
+                let c6 = dm6 * vec2<f32>(f32((sp6 >> 24u) & 0xfu), f32((sp6 >> 28u) & 0xfu));
+                let w6 = u8x4((q6 >> 6u) & 0x03030303u) * c6.x - c6.y;
+                let c7 = dm7 * vec2<f32>(f32((sp7 >> 24u) & 0xfu), f32((sp7 >> 28u) & 0xfu));
+                let w7 = u8x4((q7 >> 6u) & 0x03030303u) * c7.x - c7.y;
+                {
+                    let xv = x[xo[0] + 32u * h + 4u * g + 24u + 3u];
+                    acc[0] += dot(w0, xv);
+                    acc[8] += dot(w1, xv);
+                    acc[16] += dot(w2, xv);
+                    acc[24] += dot(w3, xv);
+                    acc[32] += dot(w4, xv);
+                    acc[40] += dot(w5, xv);
+                    acc[48] += dot(w6, xv);
+                    acc[56] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[1] + 32u * h + 4u * g + 24u + 3u];
+                    acc[1] += dot(w0, xv);
+                    acc[9] += dot(w1, xv);
+                    acc[17] += dot(w2, xv);
+                    acc[25] += dot(w3, xv);
+                    acc[33] += dot(w4, xv);
+                    acc[41] += dot(w5, xv);
+                    acc[49] += dot(w6, xv);
+                    acc[57] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[2] + 32u * h + 4u * g + 24u + 3u];
+                    acc[2] += dot(w0, xv);
+                    acc[10] += dot(w1, xv);
+                    acc[18] += dot(w2, xv);
+                    acc[26] += dot(w3, xv);
+                    acc[34] += dot(w4, xv);
+                    acc[42] += dot(w5, xv);
+                    acc[50] += dot(w6, xv);
+                    acc[58] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[3] + 32u * h + 4u * g + 24u + 3u];
+                    acc[3] += dot(w0, xv);
+                    acc[11] += dot(w1, xv);
+                    acc[19] += dot(w2, xv);
+                    acc[27] += dot(w3, xv);
+                    acc[35] += dot(w4, xv);
+                    acc[43] += dot(w5, xv);
+                    acc[51] += dot(w6, xv);
+                    acc[59] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[4] + 32u * h + 4u * g + 24u + 3u];
+                    acc[4] += dot(w0, xv);
+                    acc[12] += dot(w1, xv);
+                    acc[20] += dot(w2, xv);
+                    acc[28] += dot(w3, xv);
+                    acc[36] += dot(w4, xv);
+                    acc[44] += dot(w5, xv);
+                    acc[52] += dot(w6, xv);
+                    acc[60] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[5] + 32u * h + 4u * g + 24u + 3u];
+                    acc[5] += dot(w0, xv);
+                    acc[13] += dot(w1, xv);
+                    acc[21] += dot(w2, xv);
+                    acc[29] += dot(w3, xv);
+                    acc[37] += dot(w4, xv);
+                    acc[45] += dot(w5, xv);
+                    acc[53] += dot(w6, xv);
+                    acc[61] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[6] + 32u * h + 4u * g + 24u + 3u];
+                    acc[6] += dot(w0, xv);
+                    acc[14] += dot(w1, xv);
+                    acc[22] += dot(w2, xv);
+                    acc[30] += dot(w3, xv);
+                    acc[38] += dot(w4, xv);
+                    acc[46] += dot(w5, xv);
+                    acc[54] += dot(w6, xv);
+                    acc[62] += dot(w7, xv);
+                }
+                {
+                    let xv = x[xo[7] + 32u * h + 4u * g + 24u + 3u];
+                    acc[7] += dot(w0, xv);
+                    acc[15] += dot(w1, xv);
+                    acc[23] += dot(w2, xv);
+                    acc[31] += dot(w3, xv);
+                    acc[39] += dot(w4, xv);
+                    acc[47] += dot(w5, xv);
+                    acc[55] += dot(w6, xv);
+                    acc[63] += dot(w7, xv);
+                }
+            }
+        }
+    }
+    return acc;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let lane = 0u;
@@ -156,11 +1991,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // row and tokens past the end the last token, and neither is written
     let r0 = ((wid.x + wid.y * p.groups_x) * WG + li) * RB;
     let n0 = p.tok0 + wid.z * TN;
-    var base: array<u32, 4>;  // byte offset of each row
+    var base: array<u32, 8>;  // byte offset of each row
     base[0] = min(r0 + 0u, p.n_rows - 1u) * p.row_bytes;
     base[1] = min(r0 + 1u, p.n_rows - 1u) * p.row_bytes;
     base[2] = min(r0 + 2u, p.n_rows - 1u) * p.row_bytes;
     base[3] = min(r0 + 3u, p.n_rows - 1u) * p.row_bytes;
+    base[4] = min(r0 + 4u, p.n_rows - 1u) * p.row_bytes;
+    base[5] = min(r0 + 5u, p.n_rows - 1u) * p.row_bytes;
+    base[6] = min(r0 + 6u, p.n_rows - 1u) * p.row_bytes;
+    base[7] = min(r0 + 7u, p.n_rows - 1u) * p.row_bytes;
     var xb: array<u32, 8>;  // vec4 index of each token's x row
     xb[0] = min(n0 + 0u, p.n_tok - 1u) * (p.x_stride / 4u);
     xb[1] = min(n0 + 1u, p.n_tok - 1u) * (p.x_stride / 4u);
@@ -170,492 +2009,91 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     xb[5] = min(n0 + 5u, p.n_tok - 1u) * (p.x_stride / 4u);
     xb[6] = min(n0 + 6u, p.n_tok - 1u) * (p.x_stride / 4u);
     xb[7] = min(n0 + 7u, p.n_tok - 1u) * (p.x_stride / 4u);
-    var acc: array<f32, 32>;  // [RB][TN]
-    for (var u = 0u; u < p.n_units; u++) {
-        let v0 = dequant_unit(base[0], u, p.K);
-        let v1 = dequant_unit(base[1], u, p.K);
-        let v2 = dequant_unit(base[2], u, p.K);
-        let v3 = dequant_unit(base[3], u, p.K);
-        {
-            let g0 = vec4<f32>(0.0);
-            let g1 = vec4<f32>(0.0);
-            {
-                let xv = x[xb[0] + 8u * u + 0u + 0u];
-                acc[0] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[8] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[16] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[24] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 0u + 1u];
-                acc[0] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[8] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[16] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[24] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 0u + 2u];
-                acc[0] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[8] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[16] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[24] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 0u + 3u];
-                acc[0] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[8] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[16] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[24] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 4u + 0u];
-                acc[0] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[8] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[16] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[24] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 4u + 1u];
-                acc[0] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[8] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[16] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[24] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 4u + 2u];
-                acc[0] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[8] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[16] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[24] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 4u + 3u];
-                acc[0] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[8] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[16] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[24] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
-        {
-            let g0 = vec4<f32>(0.0);
-            let g1 = vec4<f32>(0.0);
-            {
-                let xv = x[xb[1] + 8u * u + 0u + 0u];
-                acc[1] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[9] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[17] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[25] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 0u + 1u];
-                acc[1] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[9] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[17] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[25] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 0u + 2u];
-                acc[1] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[9] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[17] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[25] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 0u + 3u];
-                acc[1] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[9] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[17] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[25] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 4u + 0u];
-                acc[1] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[9] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[17] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[25] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 4u + 1u];
-                acc[1] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[9] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[17] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[25] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 4u + 2u];
-                acc[1] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[9] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[17] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[25] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 4u + 3u];
-                acc[1] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[9] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[17] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[25] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
-        {
-            let g0 = vec4<f32>(0.0);
-            let g1 = vec4<f32>(0.0);
-            {
-                let xv = x[xb[2] + 8u * u + 0u + 0u];
-                acc[2] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[10] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[18] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[26] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = x[xb[2] + 8u * u + 0u + 1u];
-                acc[2] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[10] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[18] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[26] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = x[xb[2] + 8u * u + 0u + 2u];
-                acc[2] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[10] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[18] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[26] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = x[xb[2] + 8u * u + 0u + 3u];
-                acc[2] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[10] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[18] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[26] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = x[xb[2] + 8u * u + 4u + 0u];
-                acc[2] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[10] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[18] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[26] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = x[xb[2] + 8u * u + 4u + 1u];
-                acc[2] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[10] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[18] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[26] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = x[xb[2] + 8u * u + 4u + 2u];
-                acc[2] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[10] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[18] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[26] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = x[xb[2] + 8u * u + 4u + 3u];
-                acc[2] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[10] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[18] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[26] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
-        {
-            let g0 = vec4<f32>(0.0);
-            let g1 = vec4<f32>(0.0);
-            {
-                let xv = x[xb[3] + 8u * u + 0u + 0u];
-                acc[3] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[11] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[19] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[27] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = x[xb[3] + 8u * u + 0u + 1u];
-                acc[3] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[11] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[19] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[27] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = x[xb[3] + 8u * u + 0u + 2u];
-                acc[3] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[11] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[19] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[27] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = x[xb[3] + 8u * u + 0u + 3u];
-                acc[3] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[11] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[19] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[27] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = x[xb[3] + 8u * u + 4u + 0u];
-                acc[3] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[11] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[19] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[27] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = x[xb[3] + 8u * u + 4u + 1u];
-                acc[3] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[11] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[19] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[27] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = x[xb[3] + 8u * u + 4u + 2u];
-                acc[3] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[11] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[19] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[27] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = x[xb[3] + 8u * u + 4u + 3u];
-                acc[3] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[11] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[19] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[27] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
-        {
-            let g0 = vec4<f32>(0.0);
-            let g1 = vec4<f32>(0.0);
-            {
-                let xv = x[xb[4] + 8u * u + 0u + 0u];
-                acc[4] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[12] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[20] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[28] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = x[xb[4] + 8u * u + 0u + 1u];
-                acc[4] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[12] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[20] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[28] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = x[xb[4] + 8u * u + 0u + 2u];
-                acc[4] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[12] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[20] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[28] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = x[xb[4] + 8u * u + 0u + 3u];
-                acc[4] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[12] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[20] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[28] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = x[xb[4] + 8u * u + 4u + 0u];
-                acc[4] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[12] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[20] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[28] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = x[xb[4] + 8u * u + 4u + 1u];
-                acc[4] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[12] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[20] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[28] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = x[xb[4] + 8u * u + 4u + 2u];
-                acc[4] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[12] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[20] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[28] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = x[xb[4] + 8u * u + 4u + 3u];
-                acc[4] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[12] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[20] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[28] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
-        {
-            let g0 = vec4<f32>(0.0);
-            let g1 = vec4<f32>(0.0);
-            {
-                let xv = x[xb[5] + 8u * u + 0u + 0u];
-                acc[5] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[13] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[21] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[29] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = x[xb[5] + 8u * u + 0u + 1u];
-                acc[5] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[13] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[21] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[29] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = x[xb[5] + 8u * u + 0u + 2u];
-                acc[5] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[13] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[21] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[29] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = x[xb[5] + 8u * u + 0u + 3u];
-                acc[5] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[13] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[21] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[29] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = x[xb[5] + 8u * u + 4u + 0u];
-                acc[5] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[13] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[21] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[29] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = x[xb[5] + 8u * u + 4u + 1u];
-                acc[5] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[13] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[21] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[29] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = x[xb[5] + 8u * u + 4u + 2u];
-                acc[5] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[13] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[21] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[29] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = x[xb[5] + 8u * u + 4u + 3u];
-                acc[5] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[13] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[21] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[29] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
-        {
-            let g0 = vec4<f32>(0.0);
-            let g1 = vec4<f32>(0.0);
-            {
-                let xv = x[xb[6] + 8u * u + 0u + 0u];
-                acc[6] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[14] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[22] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[30] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = x[xb[6] + 8u * u + 0u + 1u];
-                acc[6] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[14] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[22] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[30] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = x[xb[6] + 8u * u + 0u + 2u];
-                acc[6] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[14] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[22] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[30] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = x[xb[6] + 8u * u + 0u + 3u];
-                acc[6] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[14] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[22] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[30] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = x[xb[6] + 8u * u + 4u + 0u];
-                acc[6] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[14] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[22] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[30] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = x[xb[6] + 8u * u + 4u + 1u];
-                acc[6] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[14] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[22] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[30] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = x[xb[6] + 8u * u + 4u + 2u];
-                acc[6] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[14] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[22] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[30] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = x[xb[6] + 8u * u + 4u + 3u];
-                acc[6] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[14] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[22] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[30] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
-        {
-            let g0 = vec4<f32>(0.0);
-            let g1 = vec4<f32>(0.0);
-            {
-                let xv = x[xb[7] + 8u * u + 0u + 0u];
-                acc[7] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[15] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[23] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[31] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = x[xb[7] + 8u * u + 0u + 1u];
-                acc[7] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[15] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[23] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[31] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = x[xb[7] + 8u * u + 0u + 2u];
-                acc[7] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[15] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[23] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[31] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = x[xb[7] + 8u * u + 0u + 3u];
-                acc[7] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[15] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[23] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[31] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = x[xb[7] + 8u * u + 4u + 0u];
-                acc[7] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[15] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[23] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[31] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = x[xb[7] + 8u * u + 4u + 1u];
-                acc[7] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[15] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[23] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[31] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = x[xb[7] + 8u * u + 4u + 2u];
-                acc[7] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[15] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[23] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[31] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = x[xb[7] + 8u * u + 4u + 3u];
-                acc[7] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[15] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[23] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[31] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
+    var acc: array<f32, 64>;  // [RB][TN]
+    for (var blk = 0u; blk < p.n_units / BATCH_UNITS; blk++) {
+        var b: array<u32, 8>;
+        var xo: array<u32, 8>;
+        b[0] = base[0] + blk * BATCH_BYTES;
+        b[1] = base[1] + blk * BATCH_BYTES;
+        b[2] = base[2] + blk * BATCH_BYTES;
+        b[3] = base[3] + blk * BATCH_BYTES;
+        b[4] = base[4] + blk * BATCH_BYTES;
+        b[5] = base[5] + blk * BATCH_BYTES;
+        b[6] = base[6] + blk * BATCH_BYTES;
+        b[7] = base[7] + blk * BATCH_BYTES;
+        xo[0] = xb[0] + blk * (BATCH_UNITS * UNIT / 4u);
+        xo[1] = xb[1] + blk * (BATCH_UNITS * UNIT / 4u);
+        xo[2] = xb[2] + blk * (BATCH_UNITS * UNIT / 4u);
+        xo[3] = xb[3] + blk * (BATCH_UNITS * UNIT / 4u);
+        xo[4] = xb[4] + blk * (BATCH_UNITS * UNIT / 4u);
+        xo[5] = xb[5] + blk * (BATCH_UNITS * UNIT / 4u);
+        xo[6] = xb[6] + blk * (BATCH_UNITS * UNIT / 4u);
+        xo[7] = xb[7] + blk * (BATCH_UNITS * UNIT / 4u);
+        let s = dot_block_batch(b, xo, lane);
+        acc[0] += s[0];
+        acc[1] += s[1];
+        acc[2] += s[2];
+        acc[3] += s[3];
+        acc[4] += s[4];
+        acc[5] += s[5];
+        acc[6] += s[6];
+        acc[7] += s[7];
+        acc[8] += s[8];
+        acc[9] += s[9];
+        acc[10] += s[10];
+        acc[11] += s[11];
+        acc[12] += s[12];
+        acc[13] += s[13];
+        acc[14] += s[14];
+        acc[15] += s[15];
+        acc[16] += s[16];
+        acc[17] += s[17];
+        acc[18] += s[18];
+        acc[19] += s[19];
+        acc[20] += s[20];
+        acc[21] += s[21];
+        acc[22] += s[22];
+        acc[23] += s[23];
+        acc[24] += s[24];
+        acc[25] += s[25];
+        acc[26] += s[26];
+        acc[27] += s[27];
+        acc[28] += s[28];
+        acc[29] += s[29];
+        acc[30] += s[30];
+        acc[31] += s[31];
+        acc[32] += s[32];
+        acc[33] += s[33];
+        acc[34] += s[34];
+        acc[35] += s[35];
+        acc[36] += s[36];
+        acc[37] += s[37];
+        acc[38] += s[38];
+        acc[39] += s[39];
+        acc[40] += s[40];
+        acc[41] += s[41];
+        acc[42] += s[42];
+        acc[43] += s[43];
+        acc[44] += s[44];
+        acc[45] += s[45];
+        acc[46] += s[46];
+        acc[47] += s[47];
+        acc[48] += s[48];
+        acc[49] += s[49];
+        acc[50] += s[50];
+        acc[51] += s[51];
+        acc[52] += s[52];
+        acc[53] += s[53];
+        acc[54] += s[54];
+        acc[55] += s[55];
+        acc[56] += s[56];
+        acc[57] += s[57];
+        acc[58] += s[58];
+        acc[59] += s[59];
+        acc[60] += s[60];
+        acc[61] += s[61];
+        acc[62] += s[62];
+        acc[63] += s[63];
     }
     if (n0 + 0u < p.n_tok) {
         let yb = (n0 + 0u) * p.y_stride + p.y_offset + r0;
@@ -670,6 +2108,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         if (r0 + 3u < p.n_rows) {
             put_y(yb + 3u, acc[24]);
+        }
+        if (r0 + 4u < p.n_rows) {
+            y[yb + 4u] = acc[32];
+        }
+        if (r0 + 5u < p.n_rows) {
+            y[yb + 5u] = acc[40];
+        }
+        if (r0 + 6u < p.n_rows) {
+            y[yb + 6u] = acc[48];
+        }
+        if (r0 + 7u < p.n_rows) {
+            y[yb + 7u] = acc[56];
         }
     }
     if (n0 + 1u < p.n_tok) {
@@ -686,6 +2136,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (r0 + 3u < p.n_rows) {
             put_y(yb + 3u, acc[25]);
         }
+        if (r0 + 4u < p.n_rows) {
+            y[yb + 4u] = acc[33];
+        }
+        if (r0 + 5u < p.n_rows) {
+            y[yb + 5u] = acc[41];
+        }
+        if (r0 + 6u < p.n_rows) {
+            y[yb + 6u] = acc[49];
+        }
+        if (r0 + 7u < p.n_rows) {
+            y[yb + 7u] = acc[57];
+        }
     }
     if (n0 + 2u < p.n_tok) {
         let yb = (n0 + 2u) * p.y_stride + p.y_offset + r0;
@@ -700,6 +2162,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         if (r0 + 3u < p.n_rows) {
             put_y(yb + 3u, acc[26]);
+        }
+        if (r0 + 4u < p.n_rows) {
+            y[yb + 4u] = acc[34];
+        }
+        if (r0 + 5u < p.n_rows) {
+            y[yb + 5u] = acc[42];
+        }
+        if (r0 + 6u < p.n_rows) {
+            y[yb + 6u] = acc[50];
+        }
+        if (r0 + 7u < p.n_rows) {
+            y[yb + 7u] = acc[58];
         }
     }
     if (n0 + 3u < p.n_tok) {
@@ -716,6 +2190,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (r0 + 3u < p.n_rows) {
             put_y(yb + 3u, acc[27]);
         }
+        if (r0 + 4u < p.n_rows) {
+            y[yb + 4u] = acc[35];
+        }
+        if (r0 + 5u < p.n_rows) {
+            y[yb + 5u] = acc[43];
+        }
+        if (r0 + 6u < p.n_rows) {
+            y[yb + 6u] = acc[51];
+        }
+        if (r0 + 7u < p.n_rows) {
+            y[yb + 7u] = acc[59];
+        }
     }
     if (n0 + 4u < p.n_tok) {
         let yb = (n0 + 4u) * p.y_stride + p.y_offset + r0;
@@ -730,6 +2216,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         if (r0 + 3u < p.n_rows) {
             put_y(yb + 3u, acc[28]);
+        }
+        if (r0 + 4u < p.n_rows) {
+            y[yb + 4u] = acc[36];
+        }
+        if (r0 + 5u < p.n_rows) {
+            y[yb + 5u] = acc[44];
+        }
+        if (r0 + 6u < p.n_rows) {
+            y[yb + 6u] = acc[52];
+        }
+        if (r0 + 7u < p.n_rows) {
+            y[yb + 7u] = acc[60];
         }
     }
     if (n0 + 5u < p.n_tok) {
@@ -746,6 +2244,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (r0 + 3u < p.n_rows) {
             put_y(yb + 3u, acc[29]);
         }
+        if (r0 + 4u < p.n_rows) {
+            y[yb + 4u] = acc[37];
+        }
+        if (r0 + 5u < p.n_rows) {
+            y[yb + 5u] = acc[45];
+        }
+        if (r0 + 6u < p.n_rows) {
+            y[yb + 6u] = acc[53];
+        }
+        if (r0 + 7u < p.n_rows) {
+            y[yb + 7u] = acc[61];
+        }
     }
     if (n0 + 6u < p.n_tok) {
         let yb = (n0 + 6u) * p.y_stride + p.y_offset + r0;
@@ -761,6 +2271,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (r0 + 3u < p.n_rows) {
             put_y(yb + 3u, acc[30]);
         }
+        if (r0 + 4u < p.n_rows) {
+            y[yb + 4u] = acc[38];
+        }
+        if (r0 + 5u < p.n_rows) {
+            y[yb + 5u] = acc[46];
+        }
+        if (r0 + 6u < p.n_rows) {
+            y[yb + 6u] = acc[54];
+        }
+        if (r0 + 7u < p.n_rows) {
+            y[yb + 7u] = acc[62];
+        }
     }
     if (n0 + 7u < p.n_tok) {
         let yb = (n0 + 7u) * p.y_stride + p.y_offset + r0;
@@ -775,6 +2297,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         if (r0 + 3u < p.n_rows) {
             put_y(yb + 3u, acc[31]);
+        }
+        if (r0 + 4u < p.n_rows) {
+            y[yb + 4u] = acc[39];
+        }
+        if (r0 + 5u < p.n_rows) {
+            y[yb + 5u] = acc[47];
+        }
+        if (r0 + 6u < p.n_rows) {
+            y[yb + 6u] = acc[55];
+        }
+        if (r0 + 7u < p.n_rows) {
+            y[yb + 7u] = acc[63];
         }
     }
 }

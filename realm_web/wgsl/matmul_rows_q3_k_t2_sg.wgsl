@@ -153,6 +153,284 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
     return v;
 }
 
+// The fused forms: blocks are 2 bytes off word alignment every other time (110 bytes), so block words are read as
+// pairs and funnel-shifted where a block starts 2 bytes into a word, without branching (as Q6_K's). They walk a
+// block by half h (qs[32h ..]) and 16-element group g: quants word 8 + 8h + 4g + j holds, at shift 2s, elements
+// 16g + 4j .. + 4 of unit 4h + s (x vec4 32h + 8s + 4g + j), whose hmask bits are bit 4h + s of hmask word
+// 4g + j, and whose scale is number 8h + 2s + g. The 8 hmask words serve both halves: loaded once a block.
+
+// block words v..v+3 of a block whose first byte is byte 0 (2 if `odd`) of word `a`
+fn q3_words(a: u32, odd: bool, v: u32) -> vec4<u32> {
+    let lo = vec4<u32>(w[a + v], w[a + v + 1u], w[a + v + 2u], w[a + v + 3u]);
+    return select(lo, mid32x4(lo, vec4<u32>(lo.yzw, w[a + v + 4u])), odd);
+}
+
+// the block's 16 6-bit scales as 4 words of 4 bytes, scale i = byte i % 4 of word i / 4 (ggml's kmask shuffle
+// in dequantize_row_q3_K), and d; from block words 24..27 (the 4th only partly the block's: no word past it is
+// read)
+struct Q3Head {
+    sc: vec4<u32>,
+    d: f32,
+}
+
+fn q3_head(a: u32, odd: bool) -> Q3Head {
+    let t = vec4<u32>(w[a + 24u], w[a + 25u], w[a + 26u], w[a + 27u]);
+    let s = select(t, mid32x4(t, vec4<u32>(t.yzw, 0u)), odd);
+    let lo = vec4<u32>(s.x, s.y, s.x >> 4u, s.y >> 4u) & vec4<u32>(0x0f0f0f0fu);
+    let hi = (vec4<u32>(s.z) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(0x03030303u);
+    return Q3Head(lo | (hi << vec4<u32>(4u)), unpack2x16float(t.w >> select(0u, 16u, odd)).x);
+}
+
+// the scales of groups (h, g, s = 0..3) minus 32, given the scale words 2h and 2h + 1
+fn q3_group_scales(lo: u32, hi: u32, g: u32) -> vec4<f32> {
+    let sh = 8u * g;
+    return vec4<f32>(vec4<u32>(lo >> sh, lo >> (sh + 16u), hi >> sh, hi >> (sh + 16u)) & vec4<u32>(0xffu)) - 32.0;
+}
+
+// Batches' fused form (matmul_rows): the block of RB rows at byte offsets `b` dotted with TN tokens' x (vec4
+// `xo[t]` of each token's block), x read through the including kernel's xgroup/xpick. Each quants word is
+// dequantized once per shift, d (sc - 32) (q - 4) = q ds - 4 ds (one FMA an element), and dotted with all TN
+// tokens' x. Result: [RB][TN], each token's terms added in one fixed order.
+const BATCH_UNITS: u32 = 8u;
+const BATCH_BYTES: u32 = BLOCK_BYTES;
+
+fn dot_block_batch(b: array<u32, 4>, xo: array<u32, 2>, lane: u32) -> array<f32, 8> {
+    var acc: array<f32, 8>;
+    let a0 = b[0] >> 2u;
+    let odd0 = (b[0] & 2u) != 0u;
+    let hd0 = q3_head(a0, odd0);
+    let ha0 = q3_words(a0, odd0, 0u);
+    let hb0 = q3_words(a0, odd0, 4u);
+    let a1 = b[1] >> 2u;
+    let odd1 = (b[1] & 2u) != 0u;
+    let hd1 = q3_head(a1, odd1);
+    let ha1 = q3_words(a1, odd1, 0u);
+    let hb1 = q3_words(a1, odd1, 4u);
+    let a2 = b[2] >> 2u;
+    let odd2 = (b[2] & 2u) != 0u;
+    let hd2 = q3_head(a2, odd2);
+    let ha2 = q3_words(a2, odd2, 0u);
+    let hb2 = q3_words(a2, odd2, 4u);
+    let a3 = b[3] >> 2u;
+    let odd3 = (b[3] & 2u) != 0u;
+    let hd3 = q3_head(a3, odd3);
+    let ha3 = q3_words(a3, odd3, 0u);
+    let hb3 = q3_words(a3, odd3, 4u);
+    for (var hg = 0u; hg < 4u; hg++) {
+        let h = hg >> 1u;
+        let g = hg & 1u;
+        let ds0 = hd0.d * q3_group_scales(hd0.sc[2u * h], hd0.sc[2u * h + 1u], g);
+        let dz0 = ds0 * 4.0;
+        let qs0 = q3_words(a0, odd0, 8u + 8u * h + 4u * g);
+        let hm0 = select(ha0, hb0, g == 1u) >> vec4<u32>(4u * h);
+        let ds1 = hd1.d * q3_group_scales(hd1.sc[2u * h], hd1.sc[2u * h + 1u], g);
+        let dz1 = ds1 * 4.0;
+        let qs1 = q3_words(a1, odd1, 8u + 8u * h + 4u * g);
+        let hm1 = select(ha1, hb1, g == 1u) >> vec4<u32>(4u * h);
+        let ds2 = hd2.d * q3_group_scales(hd2.sc[2u * h], hd2.sc[2u * h + 1u], g);
+        let dz2 = ds2 * 4.0;
+        let qs2 = q3_words(a2, odd2, 8u + 8u * h + 4u * g);
+        let hm2 = select(ha2, hb2, g == 1u) >> vec4<u32>(4u * h);
+        let ds3 = hd3.d * q3_group_scales(hd3.sc[2u * h], hd3.sc[2u * h + 1u], g);
+        let dz3 = ds3 * 4.0;
+        let qs3 = q3_words(a3, odd3, 8u + 8u * h + 4u * g);
+        let hm3 = select(ha3, hb3, g == 1u) >> vec4<u32>(4u * h);
+        let g0_0 = x[xo[0] + 32u * h + 4u * g + 0u + (lane & 3u)];
+        let g1_0 = x[xo[0] + 32u * h + 4u * g + 8u + (lane & 3u)];
+        let g2_0 = x[xo[0] + 32u * h + 4u * g + 16u + (lane & 3u)];
+        let g3_0 = x[xo[0] + 32u * h + 4u * g + 24u + (lane & 3u)];
+        let g0_1 = x[xo[1] + 32u * h + 4u * g + 0u + (lane & 3u)];
+        let g1_1 = x[xo[1] + 32u * h + 4u * g + 8u + (lane & 3u)];
+        let g2_1 = x[xo[1] + 32u * h + 4u * g + 16u + (lane & 3u)];
+        let g3_1 = x[xo[1] + 32u * h + 4u * g + 24u + (lane & 3u)];
+        {
+            let l0 = qs0[0];
+            let m0 = hm0[0];
+            let w0_0 = u8x4(((l0 >> 0u) & 0x03030303u) | ((m0 << 2u) & 0x04040404u)) * ds0[0] - dz0[0];
+            let w1_0 = u8x4(((l0 >> 2u) & 0x03030303u) | ((m0 << 1u) & 0x04040404u)) * ds0[1] - dz0[1];
+            let w2_0 = u8x4(((l0 >> 4u) & 0x03030303u) | (m0 & 0x04040404u)) * ds0[2] - dz0[2];
+            let w3_0 = u8x4(((l0 >> 6u) & 0x03030303u) | ((m0 >> 1u) & 0x04040404u)) * ds0[3] - dz0[3];
+            let l1 = qs1[0];
+            let m1 = hm1[0];
+            let w0_1 = u8x4(((l1 >> 0u) & 0x03030303u) | ((m1 << 2u) & 0x04040404u)) * ds1[0] - dz1[0];
+            let w1_1 = u8x4(((l1 >> 2u) & 0x03030303u) | ((m1 << 1u) & 0x04040404u)) * ds1[1] - dz1[1];
+            let w2_1 = u8x4(((l1 >> 4u) & 0x03030303u) | (m1 & 0x04040404u)) * ds1[2] - dz1[2];
+            let w3_1 = u8x4(((l1 >> 6u) & 0x03030303u) | ((m1 >> 1u) & 0x04040404u)) * ds1[3] - dz1[3];
+            let l2 = qs2[0];
+            let m2 = hm2[0];
+            let w0_2 = u8x4(((l2 >> 0u) & 0x03030303u) | ((m2 << 2u) & 0x04040404u)) * ds2[0] - dz2[0];
+            let w1_2 = u8x4(((l2 >> 2u) & 0x03030303u) | ((m2 << 1u) & 0x04040404u)) * ds2[1] - dz2[1];
+            let w2_2 = u8x4(((l2 >> 4u) & 0x03030303u) | (m2 & 0x04040404u)) * ds2[2] - dz2[2];
+            let w3_2 = u8x4(((l2 >> 6u) & 0x03030303u) | ((m2 >> 1u) & 0x04040404u)) * ds2[3] - dz2[3];
+            let l3 = qs3[0];
+            let m3 = hm3[0];
+            let w0_3 = u8x4(((l3 >> 0u) & 0x03030303u) | ((m3 << 2u) & 0x04040404u)) * ds3[0] - dz3[0];
+            let w1_3 = u8x4(((l3 >> 2u) & 0x03030303u) | ((m3 << 1u) & 0x04040404u)) * ds3[1] - dz3[1];
+            let w2_3 = u8x4(((l3 >> 4u) & 0x03030303u) | (m3 & 0x04040404u)) * ds3[2] - dz3[2];
+            let w3_3 = u8x4(((l3 >> 6u) & 0x03030303u) | ((m3 >> 1u) & 0x04040404u)) * ds3[3] - dz3[3];
+            {
+                let x0 = subgroupBroadcast(g0_0, 0u);
+                let x1 = subgroupBroadcast(g1_0, 0u);
+                let x2 = subgroupBroadcast(g2_0, 0u);
+                let x3 = subgroupBroadcast(g3_0, 0u);
+                acc[0] += dot(w0_0, x0) + dot(w1_0, x1) + dot(w2_0, x2) + dot(w3_0, x3);
+                acc[2] += dot(w0_1, x0) + dot(w1_1, x1) + dot(w2_1, x2) + dot(w3_1, x3);
+                acc[4] += dot(w0_2, x0) + dot(w1_2, x1) + dot(w2_2, x2) + dot(w3_2, x3);
+                acc[6] += dot(w0_3, x0) + dot(w1_3, x1) + dot(w2_3, x2) + dot(w3_3, x3);
+            }
+            {
+                let x0 = subgroupBroadcast(g0_1, 0u);
+                let x1 = subgroupBroadcast(g1_1, 0u);
+                let x2 = subgroupBroadcast(g2_1, 0u);
+                let x3 = subgroupBroadcast(g3_1, 0u);
+                acc[1] += dot(w0_0, x0) + dot(w1_0, x1) + dot(w2_0, x2) + dot(w3_0, x3);
+                acc[3] += dot(w0_1, x0) + dot(w1_1, x1) + dot(w2_1, x2) + dot(w3_1, x3);
+                acc[5] += dot(w0_2, x0) + dot(w1_2, x1) + dot(w2_2, x2) + dot(w3_2, x3);
+                acc[7] += dot(w0_3, x0) + dot(w1_3, x1) + dot(w2_3, x2) + dot(w3_3, x3);
+            }
+        }
+        {
+            let l0 = qs0[1];
+            let m0 = hm0[1];
+            let w0_0 = u8x4(((l0 >> 0u) & 0x03030303u) | ((m0 << 2u) & 0x04040404u)) * ds0[0] - dz0[0];
+            let w1_0 = u8x4(((l0 >> 2u) & 0x03030303u) | ((m0 << 1u) & 0x04040404u)) * ds0[1] - dz0[1];
+            let w2_0 = u8x4(((l0 >> 4u) & 0x03030303u) | (m0 & 0x04040404u)) * ds0[2] - dz0[2];
+            let w3_0 = u8x4(((l0 >> 6u) & 0x03030303u) | ((m0 >> 1u) & 0x04040404u)) * ds0[3] - dz0[3];
+            let l1 = qs1[1];
+            let m1 = hm1[1];
+            let w0_1 = u8x4(((l1 >> 0u) & 0x03030303u) | ((m1 << 2u) & 0x04040404u)) * ds1[0] - dz1[0];
+            let w1_1 = u8x4(((l1 >> 2u) & 0x03030303u) | ((m1 << 1u) & 0x04040404u)) * ds1[1] - dz1[1];
+            let w2_1 = u8x4(((l1 >> 4u) & 0x03030303u) | (m1 & 0x04040404u)) * ds1[2] - dz1[2];
+            let w3_1 = u8x4(((l1 >> 6u) & 0x03030303u) | ((m1 >> 1u) & 0x04040404u)) * ds1[3] - dz1[3];
+            let l2 = qs2[1];
+            let m2 = hm2[1];
+            let w0_2 = u8x4(((l2 >> 0u) & 0x03030303u) | ((m2 << 2u) & 0x04040404u)) * ds2[0] - dz2[0];
+            let w1_2 = u8x4(((l2 >> 2u) & 0x03030303u) | ((m2 << 1u) & 0x04040404u)) * ds2[1] - dz2[1];
+            let w2_2 = u8x4(((l2 >> 4u) & 0x03030303u) | (m2 & 0x04040404u)) * ds2[2] - dz2[2];
+            let w3_2 = u8x4(((l2 >> 6u) & 0x03030303u) | ((m2 >> 1u) & 0x04040404u)) * ds2[3] - dz2[3];
+            let l3 = qs3[1];
+            let m3 = hm3[1];
+            let w0_3 = u8x4(((l3 >> 0u) & 0x03030303u) | ((m3 << 2u) & 0x04040404u)) * ds3[0] - dz3[0];
+            let w1_3 = u8x4(((l3 >> 2u) & 0x03030303u) | ((m3 << 1u) & 0x04040404u)) * ds3[1] - dz3[1];
+            let w2_3 = u8x4(((l3 >> 4u) & 0x03030303u) | (m3 & 0x04040404u)) * ds3[2] - dz3[2];
+            let w3_3 = u8x4(((l3 >> 6u) & 0x03030303u) | ((m3 >> 1u) & 0x04040404u)) * ds3[3] - dz3[3];
+            {
+                let x0 = subgroupBroadcast(g0_0, 1u);
+                let x1 = subgroupBroadcast(g1_0, 1u);
+                let x2 = subgroupBroadcast(g2_0, 1u);
+                let x3 = subgroupBroadcast(g3_0, 1u);
+                acc[0] += dot(w0_0, x0) + dot(w1_0, x1) + dot(w2_0, x2) + dot(w3_0, x3);
+                acc[2] += dot(w0_1, x0) + dot(w1_1, x1) + dot(w2_1, x2) + dot(w3_1, x3);
+                acc[4] += dot(w0_2, x0) + dot(w1_2, x1) + dot(w2_2, x2) + dot(w3_2, x3);
+                acc[6] += dot(w0_3, x0) + dot(w1_3, x1) + dot(w2_3, x2) + dot(w3_3, x3);
+            }
+            {
+                let x0 = subgroupBroadcast(g0_1, 1u);
+                let x1 = subgroupBroadcast(g1_1, 1u);
+                let x2 = subgroupBroadcast(g2_1, 1u);
+                let x3 = subgroupBroadcast(g3_1, 1u);
+                acc[1] += dot(w0_0, x0) + dot(w1_0, x1) + dot(w2_0, x2) + dot(w3_0, x3);
+                acc[3] += dot(w0_1, x0) + dot(w1_1, x1) + dot(w2_1, x2) + dot(w3_1, x3);
+                acc[5] += dot(w0_2, x0) + dot(w1_2, x1) + dot(w2_2, x2) + dot(w3_2, x3);
+                acc[7] += dot(w0_3, x0) + dot(w1_3, x1) + dot(w2_3, x2) + dot(w3_3, x3);
+            }
+        }
+        {
+            let l0 = qs0[2];
+            let m0 = hm0[2];
+            let w0_0 = u8x4(((l0 >> 0u) & 0x03030303u) | ((m0 << 2u) & 0x04040404u)) * ds0[0] - dz0[0];
+            let w1_0 = u8x4(((l0 >> 2u) & 0x03030303u) | ((m0 << 1u) & 0x04040404u)) * ds0[1] - dz0[1];
+            let w2_0 = u8x4(((l0 >> 4u) & 0x03030303u) | (m0 & 0x04040404u)) * ds0[2] - dz0[2];
+            let w3_0 = u8x4(((l0 >> 6u) & 0x03030303u) | ((m0 >> 1u) & 0x04040404u)) * ds0[3] - dz0[3];
+            let l1 = qs1[2];
+            let m1 = hm1[2];
+            let w0_1 = u8x4(((l1 >> 0u) & 0x03030303u) | ((m1 << 2u) & 0x04040404u)) * ds1[0] - dz1[0];
+            let w1_1 = u8x4(((l1 >> 2u) & 0x03030303u) | ((m1 << 1u) & 0x04040404u)) * ds1[1] - dz1[1];
+            let w2_1 = u8x4(((l1 >> 4u) & 0x03030303u) | (m1 & 0x04040404u)) * ds1[2] - dz1[2];
+            let w3_1 = u8x4(((l1 >> 6u) & 0x03030303u) | ((m1 >> 1u) & 0x04040404u)) * ds1[3] - dz1[3];
+            let l2 = qs2[2];
+            let m2 = hm2[2];
+            let w0_2 = u8x4(((l2 >> 0u) & 0x03030303u) | ((m2 << 2u) & 0x04040404u)) * ds2[0] - dz2[0];
+            let w1_2 = u8x4(((l2 >> 2u) & 0x03030303u) | ((m2 << 1u) & 0x04040404u)) * ds2[1] - dz2[1];
+            let w2_2 = u8x4(((l2 >> 4u) & 0x03030303u) | (m2 & 0x04040404u)) * ds2[2] - dz2[2];
+            let w3_2 = u8x4(((l2 >> 6u) & 0x03030303u) | ((m2 >> 1u) & 0x04040404u)) * ds2[3] - dz2[3];
+            let l3 = qs3[2];
+            let m3 = hm3[2];
+            let w0_3 = u8x4(((l3 >> 0u) & 0x03030303u) | ((m3 << 2u) & 0x04040404u)) * ds3[0] - dz3[0];
+            let w1_3 = u8x4(((l3 >> 2u) & 0x03030303u) | ((m3 << 1u) & 0x04040404u)) * ds3[1] - dz3[1];
+            let w2_3 = u8x4(((l3 >> 4u) & 0x03030303u) | (m3 & 0x04040404u)) * ds3[2] - dz3[2];
+            let w3_3 = u8x4(((l3 >> 6u) & 0x03030303u) | ((m3 >> 1u) & 0x04040404u)) * ds3[3] - dz3[3];
+            {
+                let x0 = subgroupBroadcast(g0_0, 2u);
+                let x1 = subgroupBroadcast(g1_0, 2u);
+                let x2 = subgroupBroadcast(g2_0, 2u);
+                let x3 = subgroupBroadcast(g3_0, 2u);
+                acc[0] += dot(w0_0, x0) + dot(w1_0, x1) + dot(w2_0, x2) + dot(w3_0, x3);
+                acc[2] += dot(w0_1, x0) + dot(w1_1, x1) + dot(w2_1, x2) + dot(w3_1, x3);
+                acc[4] += dot(w0_2, x0) + dot(w1_2, x1) + dot(w2_2, x2) + dot(w3_2, x3);
+                acc[6] += dot(w0_3, x0) + dot(w1_3, x1) + dot(w2_3, x2) + dot(w3_3, x3);
+            }
+            {
+                let x0 = subgroupBroadcast(g0_1, 2u);
+                let x1 = subgroupBroadcast(g1_1, 2u);
+                let x2 = subgroupBroadcast(g2_1, 2u);
+                let x3 = subgroupBroadcast(g3_1, 2u);
+                acc[1] += dot(w0_0, x0) + dot(w1_0, x1) + dot(w2_0, x2) + dot(w3_0, x3);
+                acc[3] += dot(w0_1, x0) + dot(w1_1, x1) + dot(w2_1, x2) + dot(w3_1, x3);
+                acc[5] += dot(w0_2, x0) + dot(w1_2, x1) + dot(w2_2, x2) + dot(w3_2, x3);
+                acc[7] += dot(w0_3, x0) + dot(w1_3, x1) + dot(w2_3, x2) + dot(w3_3, x3);
+            }
+        }
+        {
+            let l0 = qs0[3];
+            let m0 = hm0[3];
+            let w0_0 = u8x4(((l0 >> 0u) & 0x03030303u) | ((m0 << 2u) & 0x04040404u)) * ds0[0] - dz0[0];
+            let w1_0 = u8x4(((l0 >> 2u) & 0x03030303u) | ((m0 << 1u) & 0x04040404u)) * ds0[1] - dz0[1];
+            let w2_0 = u8x4(((l0 >> 4u) & 0x03030303u) | (m0 & 0x04040404u)) * ds0[2] - dz0[2];
+            let w3_0 = u8x4(((l0 >> 6u) & 0x03030303u) | ((m0 >> 1u) & 0x04040404u)) * ds0[3] - dz0[3];
+            let l1 = qs1[3];
+            let m1 = hm1[3];
+            let w0_1 = u8x4(((l1 >> 0u) & 0x03030303u) | ((m1 << 2u) & 0x04040404u)) * ds1[0] - dz1[0];
+            let w1_1 = u8x4(((l1 >> 2u) & 0x03030303u) | ((m1 << 1u) & 0x04040404u)) * ds1[1] - dz1[1];
+            let w2_1 = u8x4(((l1 >> 4u) & 0x03030303u) | (m1 & 0x04040404u)) * ds1[2] - dz1[2];
+            let w3_1 = u8x4(((l1 >> 6u) & 0x03030303u) | ((m1 >> 1u) & 0x04040404u)) * ds1[3] - dz1[3];
+            let l2 = qs2[3];
+            let m2 = hm2[3];
+            let w0_2 = u8x4(((l2 >> 0u) & 0x03030303u) | ((m2 << 2u) & 0x04040404u)) * ds2[0] - dz2[0];
+            let w1_2 = u8x4(((l2 >> 2u) & 0x03030303u) | ((m2 << 1u) & 0x04040404u)) * ds2[1] - dz2[1];
+            let w2_2 = u8x4(((l2 >> 4u) & 0x03030303u) | (m2 & 0x04040404u)) * ds2[2] - dz2[2];
+            let w3_2 = u8x4(((l2 >> 6u) & 0x03030303u) | ((m2 >> 1u) & 0x04040404u)) * ds2[3] - dz2[3];
+            let l3 = qs3[3];
+            let m3 = hm3[3];
+            let w0_3 = u8x4(((l3 >> 0u) & 0x03030303u) | ((m3 << 2u) & 0x04040404u)) * ds3[0] - dz3[0];
+            let w1_3 = u8x4(((l3 >> 2u) & 0x03030303u) | ((m3 << 1u) & 0x04040404u)) * ds3[1] - dz3[1];
+            let w2_3 = u8x4(((l3 >> 4u) & 0x03030303u) | (m3 & 0x04040404u)) * ds3[2] - dz3[2];
+            let w3_3 = u8x4(((l3 >> 6u) & 0x03030303u) | ((m3 >> 1u) & 0x04040404u)) * ds3[3] - dz3[3];
+            {
+                let x0 = subgroupBroadcast(g0_0, 3u);
+                let x1 = subgroupBroadcast(g1_0, 3u);
+                let x2 = subgroupBroadcast(g2_0, 3u);
+                let x3 = subgroupBroadcast(g3_0, 3u);
+                acc[0] += dot(w0_0, x0) + dot(w1_0, x1) + dot(w2_0, x2) + dot(w3_0, x3);
+                acc[2] += dot(w0_1, x0) + dot(w1_1, x1) + dot(w2_1, x2) + dot(w3_1, x3);
+                acc[4] += dot(w0_2, x0) + dot(w1_2, x1) + dot(w2_2, x2) + dot(w3_2, x3);
+                acc[6] += dot(w0_3, x0) + dot(w1_3, x1) + dot(w2_3, x2) + dot(w3_3, x3);
+            }
+            {
+                let x0 = subgroupBroadcast(g0_1, 3u);
+                let x1 = subgroupBroadcast(g1_1, 3u);
+                let x2 = subgroupBroadcast(g2_1, 3u);
+                let x3 = subgroupBroadcast(g3_1, 3u);
+                acc[1] += dot(w0_0, x0) + dot(w1_0, x1) + dot(w2_0, x2) + dot(w3_0, x3);
+                acc[3] += dot(w0_1, x0) + dot(w1_1, x1) + dot(w2_1, x2) + dot(w3_1, x3);
+                acc[5] += dot(w0_2, x0) + dot(w1_2, x1) + dot(w2_2, x2) + dot(w3_2, x3);
+                acc[7] += dot(w0_3, x0) + dot(w1_3, x1) + dot(w2_3, x2) + dot(w3_3, x3);
+            }
+        }
+    }
+    return acc;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32,
         @builtin(subgroup_invocation_id) lane: u32) {
@@ -169,131 +447,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     xb[0] = min(n0 + 0u, p.n_tok - 1u) * (p.x_stride / 4u);
     xb[1] = min(n0 + 1u, p.n_tok - 1u) * (p.x_stride / 4u);
     var acc: array<f32, 8>;  // [RB][TN]
-    for (var u = 0u; u < p.n_units; u++) {
-        let v0 = dequant_unit(base[0], u, p.K);
-        let v1 = dequant_unit(base[1], u, p.K);
-        let v2 = dequant_unit(base[2], u, p.K);
-        let v3 = dequant_unit(base[3], u, p.K);
-        {
-            let g0 = x[xb[0] + 8u * u + 0u + (lane & 3u)];
-            let g1 = x[xb[0] + 8u * u + 4u + (lane & 3u)];
-            {
-                let xv = subgroupBroadcast(g0, 0u);
-                acc[0] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[2] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[4] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[6] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g0, 1u);
-                acc[0] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[2] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[4] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[6] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g0, 2u);
-                acc[0] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[2] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[4] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[6] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g0, 3u);
-                acc[0] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[2] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[4] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[6] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g1, 0u);
-                acc[0] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[2] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[4] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[6] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g1, 1u);
-                acc[0] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[2] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[4] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[6] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g1, 2u);
-                acc[0] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[2] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[4] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[6] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g1, 3u);
-                acc[0] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[2] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[4] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[6] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
-        {
-            let g0 = x[xb[1] + 8u * u + 0u + (lane & 3u)];
-            let g1 = x[xb[1] + 8u * u + 4u + (lane & 3u)];
-            {
-                let xv = subgroupBroadcast(g0, 0u);
-                acc[1] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[3] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[5] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[7] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g0, 1u);
-                acc[1] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[3] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[5] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[7] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g0, 2u);
-                acc[1] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[3] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[5] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[7] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g0, 3u);
-                acc[1] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[3] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[5] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[7] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g1, 0u);
-                acc[1] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[3] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[5] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[7] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g1, 1u);
-                acc[1] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[3] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[5] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[7] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g1, 2u);
-                acc[1] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[3] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[5] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[7] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = subgroupBroadcast(g1, 3u);
-                acc[1] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[3] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[5] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[7] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
+    for (var blk = 0u; blk < p.n_units / BATCH_UNITS; blk++) {
+        var b: array<u32, 4>;
+        var xo: array<u32, 2>;
+        b[0] = base[0] + blk * BATCH_BYTES;
+        b[1] = base[1] + blk * BATCH_BYTES;
+        b[2] = base[2] + blk * BATCH_BYTES;
+        b[3] = base[3] + blk * BATCH_BYTES;
+        xo[0] = xb[0] + blk * (BATCH_UNITS * UNIT / 4u);
+        xo[1] = xb[1] + blk * (BATCH_UNITS * UNIT / 4u);
+        let s = dot_block_batch(b, xo, lane);
+        acc[0] += s[0];
+        acc[1] += s[1];
+        acc[2] += s[2];
+        acc[3] += s[3];
+        acc[4] += s[4];
+        acc[5] += s[5];
+        acc[6] += s[6];
+        acc[7] += s[7];
     }
     if (n0 + 0u < p.n_tok) {
         let yb = (n0 + 0u) * p.y_stride + p.y_offset + r0;

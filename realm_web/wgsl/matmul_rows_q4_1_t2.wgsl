@@ -18,7 +18,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 override WG: u32 = 64u;  // invocations per workgroup (a multiple of 4 with subgroups)
-const RB: u32 = 4u;  // weight rows per invocation
+const RB: u32 = 8u;  // weight rows per invocation
 const TN: u32 = 2u;  // tokens per invocation
 
 // byte `b` of the weight buffer, as 0..255
@@ -139,6 +139,238 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
     return v;
 }
 
+// Batches' fused form (matmul_rows): the block of RB rows at byte offsets `b` dotted with TN tokens' x (vec4
+// `xo[t]` of each token's block), x read through the including kernel's xgroup/xpick. Quants word i gives x vec4s
+// i (low nibbles) and 4 + i (high); each is dequantized once, d q + m (one FMA an element), and dotted with all
+// TN tokens' x. Result: [RB][TN], each token's terms added in one fixed order.
+const BATCH_UNITS: u32 = 1u;
+const BATCH_BYTES: u32 = BLOCK_BYTES;
+
+fn dot_block_batch(b: array<u32, 8>, xo: array<u32, 2>, lane: u32) -> array<f32, 16> {
+    var acc: array<f32, 16>;
+    let a0 = b[0] >> 2u;
+    let dm0 = unpack2x16float(w[a0]);
+    let a1 = b[1] >> 2u;
+    let dm1 = unpack2x16float(w[a1]);
+    let a2 = b[2] >> 2u;
+    let dm2 = unpack2x16float(w[a2]);
+    let a3 = b[3] >> 2u;
+    let dm3 = unpack2x16float(w[a3]);
+    let a4 = b[4] >> 2u;
+    let dm4 = unpack2x16float(w[a4]);
+    let a5 = b[5] >> 2u;
+    let dm5 = unpack2x16float(w[a5]);
+    let a6 = b[6] >> 2u;
+    let dm6 = unpack2x16float(w[a6]);
+    let a7 = b[7] >> 2u;
+    let dm7 = unpack2x16float(w[a7]);
+    let g0_0 = vec4<f32>(0.0);
+    let g1_0 = vec4<f32>(0.0);
+    let g0_1 = vec4<f32>(0.0);
+    let g1_1 = vec4<f32>(0.0);
+    {
+        let q0 = w[a0 + 1u];
+        let w0_0 = u8x4(q0 & 0x0f0f0f0fu) * dm0.x + dm0.y;
+        let w1_0 = u8x4((q0 >> 4u) & 0x0f0f0f0fu) * dm0.x + dm0.y;
+        let q1 = w[a1 + 1u];
+        let w0_1 = u8x4(q1 & 0x0f0f0f0fu) * dm1.x + dm1.y;
+        let w1_1 = u8x4((q1 >> 4u) & 0x0f0f0f0fu) * dm1.x + dm1.y;
+        let q2 = w[a2 + 1u];
+        let w0_2 = u8x4(q2 & 0x0f0f0f0fu) * dm2.x + dm2.y;
+        let w1_2 = u8x4((q2 >> 4u) & 0x0f0f0f0fu) * dm2.x + dm2.y;
+        let q3 = w[a3 + 1u];
+        let w0_3 = u8x4(q3 & 0x0f0f0f0fu) * dm3.x + dm3.y;
+        let w1_3 = u8x4((q3 >> 4u) & 0x0f0f0f0fu) * dm3.x + dm3.y;
+        let q4 = w[a4 + 1u];
+        let w0_4 = u8x4(q4 & 0x0f0f0f0fu) * dm4.x + dm4.y;
+        let w1_4 = u8x4((q4 >> 4u) & 0x0f0f0f0fu) * dm4.x + dm4.y;
+        let q5 = w[a5 + 1u];
+        let w0_5 = u8x4(q5 & 0x0f0f0f0fu) * dm5.x + dm5.y;
+        let w1_5 = u8x4((q5 >> 4u) & 0x0f0f0f0fu) * dm5.x + dm5.y;
+        let q6 = w[a6 + 1u];
+        let w0_6 = u8x4(q6 & 0x0f0f0f0fu) * dm6.x + dm6.y;
+        let w1_6 = u8x4((q6 >> 4u) & 0x0f0f0f0fu) * dm6.x + dm6.y;
+        let q7 = w[a7 + 1u];
+        let w0_7 = u8x4(q7 & 0x0f0f0f0fu) * dm7.x + dm7.y;
+        let w1_7 = u8x4((q7 >> 4u) & 0x0f0f0f0fu) * dm7.x + dm7.y;
+        {
+            let x0 = x[xo[0] + 0u + 0u];
+            let x1 = x[xo[0] + 4u + 0u];
+            acc[0] += dot(w0_0, x0) + dot(w1_0, x1);
+            acc[2] += dot(w0_1, x0) + dot(w1_1, x1);
+            acc[4] += dot(w0_2, x0) + dot(w1_2, x1);
+            acc[6] += dot(w0_3, x0) + dot(w1_3, x1);
+            acc[8] += dot(w0_4, x0) + dot(w1_4, x1);
+            acc[10] += dot(w0_5, x0) + dot(w1_5, x1);
+            acc[12] += dot(w0_6, x0) + dot(w1_6, x1);
+            acc[14] += dot(w0_7, x0) + dot(w1_7, x1);
+        }
+        {
+            let x0 = x[xo[1] + 0u + 0u];
+            let x1 = x[xo[1] + 4u + 0u];
+            acc[1] += dot(w0_0, x0) + dot(w1_0, x1);
+            acc[3] += dot(w0_1, x0) + dot(w1_1, x1);
+            acc[5] += dot(w0_2, x0) + dot(w1_2, x1);
+            acc[7] += dot(w0_3, x0) + dot(w1_3, x1);
+            acc[9] += dot(w0_4, x0) + dot(w1_4, x1);
+            acc[11] += dot(w0_5, x0) + dot(w1_5, x1);
+            acc[13] += dot(w0_6, x0) + dot(w1_6, x1);
+            acc[15] += dot(w0_7, x0) + dot(w1_7, x1);
+        }
+    }
+    {
+        let q0 = w[a0 + 2u];
+        let w0_0 = u8x4(q0 & 0x0f0f0f0fu) * dm0.x + dm0.y;
+        let w1_0 = u8x4((q0 >> 4u) & 0x0f0f0f0fu) * dm0.x + dm0.y;
+        let q1 = w[a1 + 2u];
+        let w0_1 = u8x4(q1 & 0x0f0f0f0fu) * dm1.x + dm1.y;
+        let w1_1 = u8x4((q1 >> 4u) & 0x0f0f0f0fu) * dm1.x + dm1.y;
+        let q2 = w[a2 + 2u];
+        let w0_2 = u8x4(q2 & 0x0f0f0f0fu) * dm2.x + dm2.y;
+        let w1_2 = u8x4((q2 >> 4u) & 0x0f0f0f0fu) * dm2.x + dm2.y;
+        let q3 = w[a3 + 2u];
+        let w0_3 = u8x4(q3 & 0x0f0f0f0fu) * dm3.x + dm3.y;
+        let w1_3 = u8x4((q3 >> 4u) & 0x0f0f0f0fu) * dm3.x + dm3.y;
+        let q4 = w[a4 + 2u];
+        let w0_4 = u8x4(q4 & 0x0f0f0f0fu) * dm4.x + dm4.y;
+        let w1_4 = u8x4((q4 >> 4u) & 0x0f0f0f0fu) * dm4.x + dm4.y;
+        let q5 = w[a5 + 2u];
+        let w0_5 = u8x4(q5 & 0x0f0f0f0fu) * dm5.x + dm5.y;
+        let w1_5 = u8x4((q5 >> 4u) & 0x0f0f0f0fu) * dm5.x + dm5.y;
+        let q6 = w[a6 + 2u];
+        let w0_6 = u8x4(q6 & 0x0f0f0f0fu) * dm6.x + dm6.y;
+        let w1_6 = u8x4((q6 >> 4u) & 0x0f0f0f0fu) * dm6.x + dm6.y;
+        let q7 = w[a7 + 2u];
+        let w0_7 = u8x4(q7 & 0x0f0f0f0fu) * dm7.x + dm7.y;
+        let w1_7 = u8x4((q7 >> 4u) & 0x0f0f0f0fu) * dm7.x + dm7.y;
+        {
+            let x0 = x[xo[0] + 0u + 1u];
+            let x1 = x[xo[0] + 4u + 1u];
+            acc[0] += dot(w0_0, x0) + dot(w1_0, x1);
+            acc[2] += dot(w0_1, x0) + dot(w1_1, x1);
+            acc[4] += dot(w0_2, x0) + dot(w1_2, x1);
+            acc[6] += dot(w0_3, x0) + dot(w1_3, x1);
+            acc[8] += dot(w0_4, x0) + dot(w1_4, x1);
+            acc[10] += dot(w0_5, x0) + dot(w1_5, x1);
+            acc[12] += dot(w0_6, x0) + dot(w1_6, x1);
+            acc[14] += dot(w0_7, x0) + dot(w1_7, x1);
+        }
+        {
+            let x0 = x[xo[1] + 0u + 1u];
+            let x1 = x[xo[1] + 4u + 1u];
+            acc[1] += dot(w0_0, x0) + dot(w1_0, x1);
+            acc[3] += dot(w0_1, x0) + dot(w1_1, x1);
+            acc[5] += dot(w0_2, x0) + dot(w1_2, x1);
+            acc[7] += dot(w0_3, x0) + dot(w1_3, x1);
+            acc[9] += dot(w0_4, x0) + dot(w1_4, x1);
+            acc[11] += dot(w0_5, x0) + dot(w1_5, x1);
+            acc[13] += dot(w0_6, x0) + dot(w1_6, x1);
+            acc[15] += dot(w0_7, x0) + dot(w1_7, x1);
+        }
+    }
+    {
+        let q0 = w[a0 + 3u];
+        let w0_0 = u8x4(q0 & 0x0f0f0f0fu) * dm0.x + dm0.y;
+        let w1_0 = u8x4((q0 >> 4u) & 0x0f0f0f0fu) * dm0.x + dm0.y;
+        let q1 = w[a1 + 3u];
+        let w0_1 = u8x4(q1 & 0x0f0f0f0fu) * dm1.x + dm1.y;
+        let w1_1 = u8x4((q1 >> 4u) & 0x0f0f0f0fu) * dm1.x + dm1.y;
+        let q2 = w[a2 + 3u];
+        let w0_2 = u8x4(q2 & 0x0f0f0f0fu) * dm2.x + dm2.y;
+        let w1_2 = u8x4((q2 >> 4u) & 0x0f0f0f0fu) * dm2.x + dm2.y;
+        let q3 = w[a3 + 3u];
+        let w0_3 = u8x4(q3 & 0x0f0f0f0fu) * dm3.x + dm3.y;
+        let w1_3 = u8x4((q3 >> 4u) & 0x0f0f0f0fu) * dm3.x + dm3.y;
+        let q4 = w[a4 + 3u];
+        let w0_4 = u8x4(q4 & 0x0f0f0f0fu) * dm4.x + dm4.y;
+        let w1_4 = u8x4((q4 >> 4u) & 0x0f0f0f0fu) * dm4.x + dm4.y;
+        let q5 = w[a5 + 3u];
+        let w0_5 = u8x4(q5 & 0x0f0f0f0fu) * dm5.x + dm5.y;
+        let w1_5 = u8x4((q5 >> 4u) & 0x0f0f0f0fu) * dm5.x + dm5.y;
+        let q6 = w[a6 + 3u];
+        let w0_6 = u8x4(q6 & 0x0f0f0f0fu) * dm6.x + dm6.y;
+        let w1_6 = u8x4((q6 >> 4u) & 0x0f0f0f0fu) * dm6.x + dm6.y;
+        let q7 = w[a7 + 3u];
+        let w0_7 = u8x4(q7 & 0x0f0f0f0fu) * dm7.x + dm7.y;
+        let w1_7 = u8x4((q7 >> 4u) & 0x0f0f0f0fu) * dm7.x + dm7.y;
+        {
+            let x0 = x[xo[0] + 0u + 2u];
+            let x1 = x[xo[0] + 4u + 2u];
+            acc[0] += dot(w0_0, x0) + dot(w1_0, x1);
+            acc[2] += dot(w0_1, x0) + dot(w1_1, x1);
+            acc[4] += dot(w0_2, x0) + dot(w1_2, x1);
+            acc[6] += dot(w0_3, x0) + dot(w1_3, x1);
+            acc[8] += dot(w0_4, x0) + dot(w1_4, x1);
+            acc[10] += dot(w0_5, x0) + dot(w1_5, x1);
+            acc[12] += dot(w0_6, x0) + dot(w1_6, x1);
+            acc[14] += dot(w0_7, x0) + dot(w1_7, x1);
+        }
+        {
+            let x0 = x[xo[1] + 0u + 2u];
+            let x1 = x[xo[1] + 4u + 2u];
+            acc[1] += dot(w0_0, x0) + dot(w1_0, x1);
+            acc[3] += dot(w0_1, x0) + dot(w1_1, x1);
+            acc[5] += dot(w0_2, x0) + dot(w1_2, x1);
+            acc[7] += dot(w0_3, x0) + dot(w1_3, x1);
+            acc[9] += dot(w0_4, x0) + dot(w1_4, x1);
+            acc[11] += dot(w0_5, x0) + dot(w1_5, x1);
+            acc[13] += dot(w0_6, x0) + dot(w1_6, x1);
+            acc[15] += dot(w0_7, x0) + dot(w1_7, x1);
+        }
+    }
+    {
+        let q0 = w[a0 + 4u];
+        let w0_0 = u8x4(q0 & 0x0f0f0f0fu) * dm0.x + dm0.y;
+        let w1_0 = u8x4((q0 >> 4u) & 0x0f0f0f0fu) * dm0.x + dm0.y;
+        let q1 = w[a1 + 4u];
+        let w0_1 = u8x4(q1 & 0x0f0f0f0fu) * dm1.x + dm1.y;
+        let w1_1 = u8x4((q1 >> 4u) & 0x0f0f0f0fu) * dm1.x + dm1.y;
+        let q2 = w[a2 + 4u];
+        let w0_2 = u8x4(q2 & 0x0f0f0f0fu) * dm2.x + dm2.y;
+        let w1_2 = u8x4((q2 >> 4u) & 0x0f0f0f0fu) * dm2.x + dm2.y;
+        let q3 = w[a3 + 4u];
+        let w0_3 = u8x4(q3 & 0x0f0f0f0fu) * dm3.x + dm3.y;
+        let w1_3 = u8x4((q3 >> 4u) & 0x0f0f0f0fu) * dm3.x + dm3.y;
+        let q4 = w[a4 + 4u];
+        let w0_4 = u8x4(q4 & 0x0f0f0f0fu) * dm4.x + dm4.y;
+        let w1_4 = u8x4((q4 >> 4u) & 0x0f0f0f0fu) * dm4.x + dm4.y;
+        let q5 = w[a5 + 4u];
+        let w0_5 = u8x4(q5 & 0x0f0f0f0fu) * dm5.x + dm5.y;
+        let w1_5 = u8x4((q5 >> 4u) & 0x0f0f0f0fu) * dm5.x + dm5.y;
+        let q6 = w[a6 + 4u];
+        let w0_6 = u8x4(q6 & 0x0f0f0f0fu) * dm6.x + dm6.y;
+        let w1_6 = u8x4((q6 >> 4u) & 0x0f0f0f0fu) * dm6.x + dm6.y;
+        let q7 = w[a7 + 4u];
+        let w0_7 = u8x4(q7 & 0x0f0f0f0fu) * dm7.x + dm7.y;
+        let w1_7 = u8x4((q7 >> 4u) & 0x0f0f0f0fu) * dm7.x + dm7.y;
+        {
+            let x0 = x[xo[0] + 0u + 3u];
+            let x1 = x[xo[0] + 4u + 3u];
+            acc[0] += dot(w0_0, x0) + dot(w1_0, x1);
+            acc[2] += dot(w0_1, x0) + dot(w1_1, x1);
+            acc[4] += dot(w0_2, x0) + dot(w1_2, x1);
+            acc[6] += dot(w0_3, x0) + dot(w1_3, x1);
+            acc[8] += dot(w0_4, x0) + dot(w1_4, x1);
+            acc[10] += dot(w0_5, x0) + dot(w1_5, x1);
+            acc[12] += dot(w0_6, x0) + dot(w1_6, x1);
+            acc[14] += dot(w0_7, x0) + dot(w1_7, x1);
+        }
+        {
+            let x0 = x[xo[1] + 0u + 3u];
+            let x1 = x[xo[1] + 4u + 3u];
+            acc[1] += dot(w0_0, x0) + dot(w1_0, x1);
+            acc[3] += dot(w0_1, x0) + dot(w1_1, x1);
+            acc[5] += dot(w0_2, x0) + dot(w1_2, x1);
+            acc[7] += dot(w0_3, x0) + dot(w1_3, x1);
+            acc[9] += dot(w0_4, x0) + dot(w1_4, x1);
+            acc[11] += dot(w0_5, x0) + dot(w1_5, x1);
+            acc[13] += dot(w0_6, x0) + dot(w1_6, x1);
+            acc[15] += dot(w0_7, x0) + dot(w1_7, x1);
+        }
+    }
+    return acc;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let lane = 0u;
@@ -146,140 +378,49 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // row and tokens past the end the last token, and neither is written
     let r0 = ((wid.x + wid.y * p.groups_x) * WG + li) * RB;
     let n0 = p.tok0 + wid.z * TN;
-    var base: array<u32, 4>;  // byte offset of each row
+    var base: array<u32, 8>;  // byte offset of each row
     base[0] = min(r0 + 0u, p.n_rows - 1u) * p.row_bytes;
     base[1] = min(r0 + 1u, p.n_rows - 1u) * p.row_bytes;
     base[2] = min(r0 + 2u, p.n_rows - 1u) * p.row_bytes;
     base[3] = min(r0 + 3u, p.n_rows - 1u) * p.row_bytes;
+    base[4] = min(r0 + 4u, p.n_rows - 1u) * p.row_bytes;
+    base[5] = min(r0 + 5u, p.n_rows - 1u) * p.row_bytes;
+    base[6] = min(r0 + 6u, p.n_rows - 1u) * p.row_bytes;
+    base[7] = min(r0 + 7u, p.n_rows - 1u) * p.row_bytes;
     var xb: array<u32, 2>;  // vec4 index of each token's x row
     xb[0] = min(n0 + 0u, p.n_tok - 1u) * (p.x_stride / 4u);
     xb[1] = min(n0 + 1u, p.n_tok - 1u) * (p.x_stride / 4u);
-    var acc: array<f32, 8>;  // [RB][TN]
-    for (var u = 0u; u < p.n_units; u++) {
-        let v0 = dequant_unit(base[0], u, p.K);
-        let v1 = dequant_unit(base[1], u, p.K);
-        let v2 = dequant_unit(base[2], u, p.K);
-        let v3 = dequant_unit(base[3], u, p.K);
-        {
-            let g0 = vec4<f32>(0.0);
-            let g1 = vec4<f32>(0.0);
-            {
-                let xv = x[xb[0] + 8u * u + 0u + 0u];
-                acc[0] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[2] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[4] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[6] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 0u + 1u];
-                acc[0] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[2] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[4] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[6] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 0u + 2u];
-                acc[0] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[2] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[4] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[6] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 0u + 3u];
-                acc[0] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[2] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[4] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[6] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 4u + 0u];
-                acc[0] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[2] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[4] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[6] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 4u + 1u];
-                acc[0] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[2] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[4] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[6] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 4u + 2u];
-                acc[0] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[2] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[4] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[6] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = x[xb[0] + 8u * u + 4u + 3u];
-                acc[0] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[2] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[4] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[6] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
-        {
-            let g0 = vec4<f32>(0.0);
-            let g1 = vec4<f32>(0.0);
-            {
-                let xv = x[xb[1] + 8u * u + 0u + 0u];
-                acc[1] += dot(vec4<f32>(v0[0], v0[1], v0[2], v0[3]), xv);
-                acc[3] += dot(vec4<f32>(v1[0], v1[1], v1[2], v1[3]), xv);
-                acc[5] += dot(vec4<f32>(v2[0], v2[1], v2[2], v2[3]), xv);
-                acc[7] += dot(vec4<f32>(v3[0], v3[1], v3[2], v3[3]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 0u + 1u];
-                acc[1] += dot(vec4<f32>(v0[4], v0[5], v0[6], v0[7]), xv);
-                acc[3] += dot(vec4<f32>(v1[4], v1[5], v1[6], v1[7]), xv);
-                acc[5] += dot(vec4<f32>(v2[4], v2[5], v2[6], v2[7]), xv);
-                acc[7] += dot(vec4<f32>(v3[4], v3[5], v3[6], v3[7]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 0u + 2u];
-                acc[1] += dot(vec4<f32>(v0[8], v0[9], v0[10], v0[11]), xv);
-                acc[3] += dot(vec4<f32>(v1[8], v1[9], v1[10], v1[11]), xv);
-                acc[5] += dot(vec4<f32>(v2[8], v2[9], v2[10], v2[11]), xv);
-                acc[7] += dot(vec4<f32>(v3[8], v3[9], v3[10], v3[11]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 0u + 3u];
-                acc[1] += dot(vec4<f32>(v0[12], v0[13], v0[14], v0[15]), xv);
-                acc[3] += dot(vec4<f32>(v1[12], v1[13], v1[14], v1[15]), xv);
-                acc[5] += dot(vec4<f32>(v2[12], v2[13], v2[14], v2[15]), xv);
-                acc[7] += dot(vec4<f32>(v3[12], v3[13], v3[14], v3[15]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 4u + 0u];
-                acc[1] += dot(vec4<f32>(v0[16], v0[17], v0[18], v0[19]), xv);
-                acc[3] += dot(vec4<f32>(v1[16], v1[17], v1[18], v1[19]), xv);
-                acc[5] += dot(vec4<f32>(v2[16], v2[17], v2[18], v2[19]), xv);
-                acc[7] += dot(vec4<f32>(v3[16], v3[17], v3[18], v3[19]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 4u + 1u];
-                acc[1] += dot(vec4<f32>(v0[20], v0[21], v0[22], v0[23]), xv);
-                acc[3] += dot(vec4<f32>(v1[20], v1[21], v1[22], v1[23]), xv);
-                acc[5] += dot(vec4<f32>(v2[20], v2[21], v2[22], v2[23]), xv);
-                acc[7] += dot(vec4<f32>(v3[20], v3[21], v3[22], v3[23]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 4u + 2u];
-                acc[1] += dot(vec4<f32>(v0[24], v0[25], v0[26], v0[27]), xv);
-                acc[3] += dot(vec4<f32>(v1[24], v1[25], v1[26], v1[27]), xv);
-                acc[5] += dot(vec4<f32>(v2[24], v2[25], v2[26], v2[27]), xv);
-                acc[7] += dot(vec4<f32>(v3[24], v3[25], v3[26], v3[27]), xv);
-            }
-            {
-                let xv = x[xb[1] + 8u * u + 4u + 3u];
-                acc[1] += dot(vec4<f32>(v0[28], v0[29], v0[30], v0[31]), xv);
-                acc[3] += dot(vec4<f32>(v1[28], v1[29], v1[30], v1[31]), xv);
-                acc[5] += dot(vec4<f32>(v2[28], v2[29], v2[30], v2[31]), xv);
-                acc[7] += dot(vec4<f32>(v3[28], v3[29], v3[30], v3[31]), xv);
-            }
-        }
+    var acc: array<f32, 16>;  // [RB][TN]
+    for (var blk = 0u; blk < p.n_units / BATCH_UNITS; blk++) {
+        var b: array<u32, 8>;
+        var xo: array<u32, 2>;
+        b[0] = base[0] + blk * BATCH_BYTES;
+        b[1] = base[1] + blk * BATCH_BYTES;
+        b[2] = base[2] + blk * BATCH_BYTES;
+        b[3] = base[3] + blk * BATCH_BYTES;
+        b[4] = base[4] + blk * BATCH_BYTES;
+        b[5] = base[5] + blk * BATCH_BYTES;
+        b[6] = base[6] + blk * BATCH_BYTES;
+        b[7] = base[7] + blk * BATCH_BYTES;
+        xo[0] = xb[0] + blk * (BATCH_UNITS * UNIT / 4u);
+        xo[1] = xb[1] + blk * (BATCH_UNITS * UNIT / 4u);
+        let s = dot_block_batch(b, xo, lane);
+        acc[0] += s[0];
+        acc[1] += s[1];
+        acc[2] += s[2];
+        acc[3] += s[3];
+        acc[4] += s[4];
+        acc[5] += s[5];
+        acc[6] += s[6];
+        acc[7] += s[7];
+        acc[8] += s[8];
+        acc[9] += s[9];
+        acc[10] += s[10];
+        acc[11] += s[11];
+        acc[12] += s[12];
+        acc[13] += s[13];
+        acc[14] += s[14];
+        acc[15] += s[15];
     }
     if (n0 + 0u < p.n_tok) {
         let yb = (n0 + 0u) * p.y_stride + p.y_offset + r0;
@@ -295,6 +436,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (r0 + 3u < p.n_rows) {
             put_y(yb + 3u, acc[6]);
         }
+        if (r0 + 4u < p.n_rows) {
+            y[yb + 4u] = acc[8];
+        }
+        if (r0 + 5u < p.n_rows) {
+            y[yb + 5u] = acc[10];
+        }
+        if (r0 + 6u < p.n_rows) {
+            y[yb + 6u] = acc[12];
+        }
+        if (r0 + 7u < p.n_rows) {
+            y[yb + 7u] = acc[14];
+        }
     }
     if (n0 + 1u < p.n_tok) {
         let yb = (n0 + 1u) * p.y_stride + p.y_offset + r0;
@@ -309,6 +462,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         if (r0 + 3u < p.n_rows) {
             put_y(yb + 3u, acc[7]);
+        }
+        if (r0 + 4u < p.n_rows) {
+            y[yb + 4u] = acc[9];
+        }
+        if (r0 + 5u < p.n_rows) {
+            y[yb + 5u] = acc[11];
+        }
+        if (r0 + 6u < p.n_rows) {
+            y[yb + 6u] = acc[13];
+        }
+        if (r0 + 7u < p.n_rows) {
+            y[yb + 7u] = acc[15];
         }
     }
 }

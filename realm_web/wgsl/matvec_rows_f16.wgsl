@@ -124,24 +124,99 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
     return v;
 }
 
+// Decode's fused form (matvec_rows): unit `blk` of ROWS rows (byte offsets `bases`) dotted with x's 32 elements
+// at vec4 `xv`; each x load serves ROWS rows. Whole units (64 bytes = 16 words, word i holding elements 2i and
+// 2i + 1), word-aligned and never past K when K % 32 == 0: the host uses the workgroup kernel otherwise.
+const BLOCK_UNITS: u32 = 1u;
+const ROWS: u32 = 4u;
+
+fn pair4(lo: u32, hi: u32) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(lo), unpack2x16float(hi));
+}
+
+fn dot_block(bases: vec4<u32>, blk: u32, xv: u32) -> vec4<f32> {
+    let a = (bases + vec4<u32>(blk * 64u)) >> vec4<u32>(2u);
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    var s2 = vec4<f32>(0.0);
+    var s3 = vec4<f32>(0.0);
+    {
+        let xj = x[xv + 0u];
+        s0 += pair4(w[a[0] + 0u], w[a[0] + 1u]) * xj;
+        s1 += pair4(w[a[1] + 0u], w[a[1] + 1u]) * xj;
+        s2 += pair4(w[a[2] + 0u], w[a[2] + 1u]) * xj;
+        s3 += pair4(w[a[3] + 0u], w[a[3] + 1u]) * xj;
+    }
+    {
+        let xj = x[xv + 1u];
+        s0 += pair4(w[a[0] + 2u], w[a[0] + 3u]) * xj;
+        s1 += pair4(w[a[1] + 2u], w[a[1] + 3u]) * xj;
+        s2 += pair4(w[a[2] + 2u], w[a[2] + 3u]) * xj;
+        s3 += pair4(w[a[3] + 2u], w[a[3] + 3u]) * xj;
+    }
+    {
+        let xj = x[xv + 2u];
+        s0 += pair4(w[a[0] + 4u], w[a[0] + 5u]) * xj;
+        s1 += pair4(w[a[1] + 4u], w[a[1] + 5u]) * xj;
+        s2 += pair4(w[a[2] + 4u], w[a[2] + 5u]) * xj;
+        s3 += pair4(w[a[3] + 4u], w[a[3] + 5u]) * xj;
+    }
+    {
+        let xj = x[xv + 3u];
+        s0 += pair4(w[a[0] + 6u], w[a[0] + 7u]) * xj;
+        s1 += pair4(w[a[1] + 6u], w[a[1] + 7u]) * xj;
+        s2 += pair4(w[a[2] + 6u], w[a[2] + 7u]) * xj;
+        s3 += pair4(w[a[3] + 6u], w[a[3] + 7u]) * xj;
+    }
+    {
+        let xj = x[xv + 4u];
+        s0 += pair4(w[a[0] + 8u], w[a[0] + 9u]) * xj;
+        s1 += pair4(w[a[1] + 8u], w[a[1] + 9u]) * xj;
+        s2 += pair4(w[a[2] + 8u], w[a[2] + 9u]) * xj;
+        s3 += pair4(w[a[3] + 8u], w[a[3] + 9u]) * xj;
+    }
+    {
+        let xj = x[xv + 5u];
+        s0 += pair4(w[a[0] + 10u], w[a[0] + 11u]) * xj;
+        s1 += pair4(w[a[1] + 10u], w[a[1] + 11u]) * xj;
+        s2 += pair4(w[a[2] + 10u], w[a[2] + 11u]) * xj;
+        s3 += pair4(w[a[3] + 10u], w[a[3] + 11u]) * xj;
+    }
+    {
+        let xj = x[xv + 6u];
+        s0 += pair4(w[a[0] + 12u], w[a[0] + 13u]) * xj;
+        s1 += pair4(w[a[1] + 12u], w[a[1] + 13u]) * xj;
+        s2 += pair4(w[a[2] + 12u], w[a[2] + 13u]) * xj;
+        s3 += pair4(w[a[3] + 12u], w[a[3] + 13u]) * xj;
+    }
+    {
+        let xj = x[xv + 7u];
+        s0 += pair4(w[a[0] + 14u], w[a[0] + 15u]) * xj;
+        s1 += pair4(w[a[1] + 14u], w[a[1] + 15u]) * xj;
+        s2 += pair4(w[a[2] + 14u], w[a[2] + 15u]) * xj;
+        s3 += pair4(w[a[3] + 14u], w[a[3] + 15u]) * xj;
+    }
+    let one = vec4<f32>(1.0);
+    return vec4<f32>(dot(s0, one), dot(s1, one), dot(s2, one), dot(s3, one));
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let xb = (p.x_offset + wid.z * p.x_stride) / 4u;
-    let row = (wid.x + wid.y * p.groups_x) * WG + t;
-    if (row >= p.n_rows) {
+    // ROWS consecutive rows per invocation: each load of x (a per-lane gather on CPU adapters, even at an
+    // address all lanes share) serves ROWS rows
+    let r0 = ((wid.x + wid.y * p.groups_x) * WG + t) * ROWS;
+    if (r0 >= p.n_rows) {
         return;
     }
-    let base = row * p.row_bytes;
+    let rows = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n_rows - 1u));
+    let bases = rows * p.row_bytes;
     var acc = vec4<f32>(0.0);
-    for (var u = 0u; u < p.n_units; u++) {
-        let v = dequant_unit(base, u, p.K);
-        for (var j = 0u; j < UNIT / 4u; j++) {
-            let wv = vec4<f32>(v[4u * j], v[4u * j + 1u], v[4u * j + 2u], v[4u * j + 3u]);
-            let k = u * UNIT + 4u * j;
-            let xv = select(vec4<f32>(0.0), x[xb + min(k, p.K - 1u) / 4u],
-                            vec4<u32>(k, k + 1u, k + 2u, k + 3u) < vec4<u32>(p.K));
-            acc += wv * xv;
-        }
+    for (var blk = 0u; blk < p.n_units / BLOCK_UNITS; blk++) {
+        acc += dot_block(bases, blk, xb + blk * (BLOCK_UNITS * UNIT / 4u));
     }
-    y[wid.z * p.y_stride + p.y_offset + row] = acc.x + acc.y + acc.z + acc.w;
+    let yb = wid.z * p.y_stride + p.y_offset;
+    for (var r = 0u; r < min(ROWS, p.n_rows - r0); r++) {
+        y[yb + r0 + r] = acc[r];
+    }
 }

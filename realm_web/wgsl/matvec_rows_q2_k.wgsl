@@ -125,22 +125,211 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
     return v;
 }
 
+// The fused forms walk a block by half h (qs[32h ..]) and 16-element group g: quants word 4 + 8h + 4g + j holds,
+// at shift 2s, elements 16g + 4j .. + 4 of unit 4h + s (x vec4 32h + 8s + 4g + j), whose scale byte is
+// scales[8h + 2s + g]: byte g or 2 + g of scales word 2h (s < 2) or 2h + 1.
+// The 4 scale bytes of groups (h, g, s = 0..3), given scales words lo = 2h and hi = 2h + 1.
+fn q2_group_scales(lo: u32, hi: u32, g: u32) -> vec4<u32> {
+    let sh = 8u * g;
+    return (vec4<u32>(lo >> sh, lo >> (sh + 16u), hi >> sh, hi >> (sh + 16u))) & vec4<u32>(0xffu);
+}
+
+// Decode's fused form (matvec_rows): block `blk` of ROWS rows (byte offsets `bases`) dotted with x's block at
+// vec4 `xv`. Each group's scale and min multiply its sums once:
+// sum((d sc q - dmin m) x) = d * sc * 255 * sum(u x) - dmin * m * sum(x), u = unpack4x8unorm(q) = q / 255.
+const BLOCK_UNITS: u32 = 8u;
+const ROWS: u32 = 4u;
+
+fn dot_block(bases: vec4<u32>, blk: u32, xv: u32) -> vec4<f32> {
+    let a = (bases + vec4<u32>(blk * BLOCK_BYTES)) >> vec4<u32>(2u);
+    let one = vec4<f32>(1.0);
+    var acc = vec4<f32>(0.0);
+    let dm0 = unpack2x16float(w[a[0] + 20u]) * vec2<f32>(255.0, 1.0);
+    let dm1 = unpack2x16float(w[a[1] + 20u]) * vec2<f32>(255.0, 1.0);
+    let dm2 = unpack2x16float(w[a[2] + 20u]) * vec2<f32>(255.0, 1.0);
+    let dm3 = unpack2x16float(w[a[3] + 20u]) * vec2<f32>(255.0, 1.0);
+    for (var hg = 0u; hg < 4u; hg++) {
+        let h = hg >> 1u;
+        let g = hg & 1u;
+        let xo = xv + 32u * h + 4u * g;
+        var x0 = vec4<f32>(0.0);
+        var x1 = vec4<f32>(0.0);
+        var x2 = vec4<f32>(0.0);
+        var x3 = vec4<f32>(0.0);
+        let qa0 = a[0] + 4u + 8u * h + 4u * g;
+        var s00 = 0.0;
+        var s01 = 0.0;
+        var s02 = 0.0;
+        var s03 = 0.0;
+        let qa1 = a[1] + 4u + 8u * h + 4u * g;
+        var s10 = 0.0;
+        var s11 = 0.0;
+        var s12 = 0.0;
+        var s13 = 0.0;
+        let qa2 = a[2] + 4u + 8u * h + 4u * g;
+        var s20 = 0.0;
+        var s21 = 0.0;
+        var s22 = 0.0;
+        var s23 = 0.0;
+        let qa3 = a[3] + 4u + 8u * h + 4u * g;
+        var s30 = 0.0;
+        var s31 = 0.0;
+        var s32 = 0.0;
+        var s33 = 0.0;
+        {
+            let xk0 = x[xo + 0u];
+            x0 += xk0;
+            let xk1 = x[xo + 8u];
+            x1 += xk1;
+            let xk2 = x[xo + 16u];
+            x2 += xk2;
+            let xk3 = x[xo + 24u];
+            x3 += xk3;
+            let q0 = w[qa0 + 0u];
+            s00 += dot(unpack4x8unorm(q0 & 0x03030303u), xk0);
+            s01 += dot(unpack4x8unorm((q0 >> 2u) & 0x03030303u), xk1);
+            s02 += dot(unpack4x8unorm((q0 >> 4u) & 0x03030303u), xk2);
+            s03 += dot(unpack4x8unorm((q0 >> 6u) & 0x03030303u), xk3);
+            let q1 = w[qa1 + 0u];
+            s10 += dot(unpack4x8unorm(q1 & 0x03030303u), xk0);
+            s11 += dot(unpack4x8unorm((q1 >> 2u) & 0x03030303u), xk1);
+            s12 += dot(unpack4x8unorm((q1 >> 4u) & 0x03030303u), xk2);
+            s13 += dot(unpack4x8unorm((q1 >> 6u) & 0x03030303u), xk3);
+            let q2 = w[qa2 + 0u];
+            s20 += dot(unpack4x8unorm(q2 & 0x03030303u), xk0);
+            s21 += dot(unpack4x8unorm((q2 >> 2u) & 0x03030303u), xk1);
+            s22 += dot(unpack4x8unorm((q2 >> 4u) & 0x03030303u), xk2);
+            s23 += dot(unpack4x8unorm((q2 >> 6u) & 0x03030303u), xk3);
+            let q3 = w[qa3 + 0u];
+            s30 += dot(unpack4x8unorm(q3 & 0x03030303u), xk0);
+            s31 += dot(unpack4x8unorm((q3 >> 2u) & 0x03030303u), xk1);
+            s32 += dot(unpack4x8unorm((q3 >> 4u) & 0x03030303u), xk2);
+            s33 += dot(unpack4x8unorm((q3 >> 6u) & 0x03030303u), xk3);
+        }
+        {
+            let xk0 = x[xo + 1u];
+            x0 += xk0;
+            let xk1 = x[xo + 9u];
+            x1 += xk1;
+            let xk2 = x[xo + 17u];
+            x2 += xk2;
+            let xk3 = x[xo + 25u];
+            x3 += xk3;
+            let q0 = w[qa0 + 1u];
+            s00 += dot(unpack4x8unorm(q0 & 0x03030303u), xk0);
+            s01 += dot(unpack4x8unorm((q0 >> 2u) & 0x03030303u), xk1);
+            s02 += dot(unpack4x8unorm((q0 >> 4u) & 0x03030303u), xk2);
+            s03 += dot(unpack4x8unorm((q0 >> 6u) & 0x03030303u), xk3);
+            let q1 = w[qa1 + 1u];
+            s10 += dot(unpack4x8unorm(q1 & 0x03030303u), xk0);
+            s11 += dot(unpack4x8unorm((q1 >> 2u) & 0x03030303u), xk1);
+            s12 += dot(unpack4x8unorm((q1 >> 4u) & 0x03030303u), xk2);
+            s13 += dot(unpack4x8unorm((q1 >> 6u) & 0x03030303u), xk3);
+            let q2 = w[qa2 + 1u];
+            s20 += dot(unpack4x8unorm(q2 & 0x03030303u), xk0);
+            s21 += dot(unpack4x8unorm((q2 >> 2u) & 0x03030303u), xk1);
+            s22 += dot(unpack4x8unorm((q2 >> 4u) & 0x03030303u), xk2);
+            s23 += dot(unpack4x8unorm((q2 >> 6u) & 0x03030303u), xk3);
+            let q3 = w[qa3 + 1u];
+            s30 += dot(unpack4x8unorm(q3 & 0x03030303u), xk0);
+            s31 += dot(unpack4x8unorm((q3 >> 2u) & 0x03030303u), xk1);
+            s32 += dot(unpack4x8unorm((q3 >> 4u) & 0x03030303u), xk2);
+            s33 += dot(unpack4x8unorm((q3 >> 6u) & 0x03030303u), xk3);
+        }
+        {
+            let xk0 = x[xo + 2u];
+            x0 += xk0;
+            let xk1 = x[xo + 10u];
+            x1 += xk1;
+            let xk2 = x[xo + 18u];
+            x2 += xk2;
+            let xk3 = x[xo + 26u];
+            x3 += xk3;
+            let q0 = w[qa0 + 2u];
+            s00 += dot(unpack4x8unorm(q0 & 0x03030303u), xk0);
+            s01 += dot(unpack4x8unorm((q0 >> 2u) & 0x03030303u), xk1);
+            s02 += dot(unpack4x8unorm((q0 >> 4u) & 0x03030303u), xk2);
+            s03 += dot(unpack4x8unorm((q0 >> 6u) & 0x03030303u), xk3);
+            let q1 = w[qa1 + 2u];
+            s10 += dot(unpack4x8unorm(q1 & 0x03030303u), xk0);
+            s11 += dot(unpack4x8unorm((q1 >> 2u) & 0x03030303u), xk1);
+            s12 += dot(unpack4x8unorm((q1 >> 4u) & 0x03030303u), xk2);
+            s13 += dot(unpack4x8unorm((q1 >> 6u) & 0x03030303u), xk3);
+            let q2 = w[qa2 + 2u];
+            s20 += dot(unpack4x8unorm(q2 & 0x03030303u), xk0);
+            s21 += dot(unpack4x8unorm((q2 >> 2u) & 0x03030303u), xk1);
+            s22 += dot(unpack4x8unorm((q2 >> 4u) & 0x03030303u), xk2);
+            s23 += dot(unpack4x8unorm((q2 >> 6u) & 0x03030303u), xk3);
+            let q3 = w[qa3 + 2u];
+            s30 += dot(unpack4x8unorm(q3 & 0x03030303u), xk0);
+            s31 += dot(unpack4x8unorm((q3 >> 2u) & 0x03030303u), xk1);
+            s32 += dot(unpack4x8unorm((q3 >> 4u) & 0x03030303u), xk2);
+            s33 += dot(unpack4x8unorm((q3 >> 6u) & 0x03030303u), xk3);
+        }
+        {
+            let xk0 = x[xo + 3u];
+            x0 += xk0;
+            let xk1 = x[xo + 11u];
+            x1 += xk1;
+            let xk2 = x[xo + 19u];
+            x2 += xk2;
+            let xk3 = x[xo + 27u];
+            x3 += xk3;
+            let q0 = w[qa0 + 3u];
+            s00 += dot(unpack4x8unorm(q0 & 0x03030303u), xk0);
+            s01 += dot(unpack4x8unorm((q0 >> 2u) & 0x03030303u), xk1);
+            s02 += dot(unpack4x8unorm((q0 >> 4u) & 0x03030303u), xk2);
+            s03 += dot(unpack4x8unorm((q0 >> 6u) & 0x03030303u), xk3);
+            let q1 = w[qa1 + 3u];
+            s10 += dot(unpack4x8unorm(q1 & 0x03030303u), xk0);
+            s11 += dot(unpack4x8unorm((q1 >> 2u) & 0x03030303u), xk1);
+            s12 += dot(unpack4x8unorm((q1 >> 4u) & 0x03030303u), xk2);
+            s13 += dot(unpack4x8unorm((q1 >> 6u) & 0x03030303u), xk3);
+            let q2 = w[qa2 + 3u];
+            s20 += dot(unpack4x8unorm(q2 & 0x03030303u), xk0);
+            s21 += dot(unpack4x8unorm((q2 >> 2u) & 0x03030303u), xk1);
+            s22 += dot(unpack4x8unorm((q2 >> 4u) & 0x03030303u), xk2);
+            s23 += dot(unpack4x8unorm((q2 >> 6u) & 0x03030303u), xk3);
+            let q3 = w[qa3 + 3u];
+            s30 += dot(unpack4x8unorm(q3 & 0x03030303u), xk0);
+            s31 += dot(unpack4x8unorm((q3 >> 2u) & 0x03030303u), xk1);
+            s32 += dot(unpack4x8unorm((q3 >> 4u) & 0x03030303u), xk2);
+            s33 += dot(unpack4x8unorm((q3 >> 6u) & 0x03030303u), xk3);
+        }
+        let sx = vec4<f32>(dot(x0, one), dot(x1, one), dot(x2, one), dot(x3, one));
+        let sb0 = q2_group_scales(w[a[0] + 2u * h], w[a[0] + 2u * h + 1u], g);
+        acc[0] += dm0.x * dot(vec4<f32>(sb0 & vec4<u32>(0xfu)), vec4<f32>(s00, s01, s02, s03))
+                      - dm0.y * dot(vec4<f32>(sb0 >> vec4<u32>(4u)), sx);
+        let sb1 = q2_group_scales(w[a[1] + 2u * h], w[a[1] + 2u * h + 1u], g);
+        acc[1] += dm1.x * dot(vec4<f32>(sb1 & vec4<u32>(0xfu)), vec4<f32>(s10, s11, s12, s13))
+                      - dm1.y * dot(vec4<f32>(sb1 >> vec4<u32>(4u)), sx);
+        let sb2 = q2_group_scales(w[a[2] + 2u * h], w[a[2] + 2u * h + 1u], g);
+        acc[2] += dm2.x * dot(vec4<f32>(sb2 & vec4<u32>(0xfu)), vec4<f32>(s20, s21, s22, s23))
+                      - dm2.y * dot(vec4<f32>(sb2 >> vec4<u32>(4u)), sx);
+        let sb3 = q2_group_scales(w[a[3] + 2u * h], w[a[3] + 2u * h + 1u], g);
+        acc[3] += dm3.x * dot(vec4<f32>(sb3 & vec4<u32>(0xfu)), vec4<f32>(s30, s31, s32, s33))
+                      - dm3.y * dot(vec4<f32>(sb3 >> vec4<u32>(4u)), sx);
+    }
+    return acc;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let xb = (p.x_offset + wid.z * p.x_stride) / 4u;
-    let row = (wid.x + wid.y * p.groups_x) * WG + t;
-    if (row >= p.n_rows) {
+    // ROWS consecutive rows per invocation: each load of x (a per-lane gather on CPU adapters, even at an
+    // address all lanes share) serves ROWS rows
+    let r0 = ((wid.x + wid.y * p.groups_x) * WG + t) * ROWS;
+    if (r0 >= p.n_rows) {
         return;
     }
-    let base = row * p.row_bytes;
+    let rows = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n_rows - 1u));
+    let bases = rows * p.row_bytes;
     var acc = vec4<f32>(0.0);
-    for (var u = 0u; u < p.n_units; u++) {
-        let v = dequant_unit(base, u, p.K);
-        for (var j = 0u; j < UNIT / 4u; j++) {
-            let wv = vec4<f32>(v[4u * j], v[4u * j + 1u], v[4u * j + 2u], v[4u * j + 3u]);
-            let xv = x[xb + u * (UNIT / 4u) + j];
-            acc += wv * xv;
-        }
+    for (var blk = 0u; blk < p.n_units / BLOCK_UNITS; blk++) {
+        acc += dot_block(bases, blk, xb + blk * (BLOCK_UNITS * UNIT / 4u));
     }
-    y[wid.z * p.y_stride + p.y_offset + row] = acc.x + acc.y + acc.z + acc.w;
+    let yb = wid.z * p.y_stride + p.y_offset;
+    for (var r = 0u; r < min(ROWS, p.n_rows - r0); r++) {
+        y[yb + r0 + r] = acc[r];
+    }
 }

@@ -127,22 +127,262 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
     return v;
 }
 
+// The fused forms: blocks are 2 bytes off word alignment every other time (110 bytes), so block words are read as
+// pairs and funnel-shifted where a block starts 2 bytes into a word, without branching (as Q6_K's). They walk a
+// block by half h (qs[32h ..]) and 16-element group g: quants word 8 + 8h + 4g + j holds, at shift 2s, elements
+// 16g + 4j .. + 4 of unit 4h + s (x vec4 32h + 8s + 4g + j), whose hmask bits are bit 4h + s of hmask word
+// 4g + j, and whose scale is number 8h + 2s + g. The 8 hmask words serve both halves: loaded once a block.
+
+// block words v..v+3 of a block whose first byte is byte 0 (2 if `odd`) of word `a`
+fn q3_words(a: u32, odd: bool, v: u32) -> vec4<u32> {
+    let lo = vec4<u32>(w[a + v], w[a + v + 1u], w[a + v + 2u], w[a + v + 3u]);
+    return select(lo, mid32x4(lo, vec4<u32>(lo.yzw, w[a + v + 4u])), odd);
+}
+
+// the block's 16 6-bit scales as 4 words of 4 bytes, scale i = byte i % 4 of word i / 4 (ggml's kmask shuffle
+// in dequantize_row_q3_K), and d; from block words 24..27 (the 4th only partly the block's: no word past it is
+// read)
+struct Q3Head {
+    sc: vec4<u32>,
+    d: f32,
+}
+
+fn q3_head(a: u32, odd: bool) -> Q3Head {
+    let t = vec4<u32>(w[a + 24u], w[a + 25u], w[a + 26u], w[a + 27u]);
+    let s = select(t, mid32x4(t, vec4<u32>(t.yzw, 0u)), odd);
+    let lo = vec4<u32>(s.x, s.y, s.x >> 4u, s.y >> 4u) & vec4<u32>(0x0f0f0f0fu);
+    let hi = (vec4<u32>(s.z) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(0x03030303u);
+    return Q3Head(lo | (hi << vec4<u32>(4u)), unpack2x16float(t.w >> select(0u, 16u, odd)).x);
+}
+
+// the scales of groups (h, g, s = 0..3) minus 32, given the scale words 2h and 2h + 1
+fn q3_group_scales(lo: u32, hi: u32, g: u32) -> vec4<f32> {
+    let sh = 8u * g;
+    return vec4<f32>(vec4<u32>(lo >> sh, lo >> (sh + 16u), hi >> sh, hi >> (sh + 16u)) & vec4<u32>(0xffu)) - 32.0;
+}
+
+// Decode's fused form (matvec_rows): block `blk` of ROWS rows (byte offsets `bases`) dotted with x's block at
+// vec4 `xv`. Each group's scale multiplies its sums once:
+// d * (sc - 32) * sum((q - 4) x) = d * (sc - 32) * (255 * sum(u x) - 4 * sum(x)), u = unpack4x8unorm(q) = q / 255.
+const BLOCK_UNITS: u32 = 8u;
+const ROWS: u32 = 4u;
+
+fn dot_block(bases: vec4<u32>, blk: u32, xv: u32) -> vec4<f32> {
+    let b = bases + vec4<u32>(blk * BLOCK_BYTES);
+    let a = b >> vec4<u32>(2u);
+    let odd = (b & vec4<u32>(2u)) != vec4<u32>(0u);
+    let one = vec4<f32>(1.0);
+    var acc = vec4<f32>(0.0);
+    let hd0 = q3_head(a[0], odd[0]);
+    let ha0 = q3_words(a[0], odd[0], 0u);
+    let hb0 = q3_words(a[0], odd[0], 4u);
+    let hd1 = q3_head(a[1], odd[1]);
+    let ha1 = q3_words(a[1], odd[1], 0u);
+    let hb1 = q3_words(a[1], odd[1], 4u);
+    let hd2 = q3_head(a[2], odd[2]);
+    let ha2 = q3_words(a[2], odd[2], 0u);
+    let hb2 = q3_words(a[2], odd[2], 4u);
+    let hd3 = q3_head(a[3], odd[3]);
+    let ha3 = q3_words(a[3], odd[3], 0u);
+    let hb3 = q3_words(a[3], odd[3], 4u);
+    for (var hg = 0u; hg < 4u; hg++) {
+        let h = hg >> 1u;
+        let g = hg & 1u;
+        let xo = xv + 32u * h + 4u * g;
+        var x0 = vec4<f32>(0.0);
+        var x1 = vec4<f32>(0.0);
+        var x2 = vec4<f32>(0.0);
+        var x3 = vec4<f32>(0.0);
+        let qs0 = q3_words(a[0], odd[0], 8u + 8u * h + 4u * g);
+        let hm0 = select(ha0, hb0, g == 1u) >> vec4<u32>(4u * h);
+        var s00 = 0.0;
+        var s01 = 0.0;
+        var s02 = 0.0;
+        var s03 = 0.0;
+        let qs1 = q3_words(a[1], odd[1], 8u + 8u * h + 4u * g);
+        let hm1 = select(ha1, hb1, g == 1u) >> vec4<u32>(4u * h);
+        var s10 = 0.0;
+        var s11 = 0.0;
+        var s12 = 0.0;
+        var s13 = 0.0;
+        let qs2 = q3_words(a[2], odd[2], 8u + 8u * h + 4u * g);
+        let hm2 = select(ha2, hb2, g == 1u) >> vec4<u32>(4u * h);
+        var s20 = 0.0;
+        var s21 = 0.0;
+        var s22 = 0.0;
+        var s23 = 0.0;
+        let qs3 = q3_words(a[3], odd[3], 8u + 8u * h + 4u * g);
+        let hm3 = select(ha3, hb3, g == 1u) >> vec4<u32>(4u * h);
+        var s30 = 0.0;
+        var s31 = 0.0;
+        var s32 = 0.0;
+        var s33 = 0.0;
+        {
+            let xk0 = x[xo + 0u];
+            x0 += xk0;
+            let xk1 = x[xo + 8u];
+            x1 += xk1;
+            let xk2 = x[xo + 16u];
+            x2 += xk2;
+            let xk3 = x[xo + 24u];
+            x3 += xk3;
+            let l0 = qs0[0];
+            let m0 = hm0[0];
+            s00 += dot(unpack4x8unorm(((l0 >> 0u) & 0x03030303u) | ((m0 << 2u) & 0x04040404u)), xk0);
+            s01 += dot(unpack4x8unorm(((l0 >> 2u) & 0x03030303u) | ((m0 << 1u) & 0x04040404u)), xk1);
+            s02 += dot(unpack4x8unorm(((l0 >> 4u) & 0x03030303u) | (m0 & 0x04040404u)), xk2);
+            s03 += dot(unpack4x8unorm(((l0 >> 6u) & 0x03030303u) | ((m0 >> 1u) & 0x04040404u)), xk3);
+            let l1 = qs1[0];
+            let m1 = hm1[0];
+            s10 += dot(unpack4x8unorm(((l1 >> 0u) & 0x03030303u) | ((m1 << 2u) & 0x04040404u)), xk0);
+            s11 += dot(unpack4x8unorm(((l1 >> 2u) & 0x03030303u) | ((m1 << 1u) & 0x04040404u)), xk1);
+            s12 += dot(unpack4x8unorm(((l1 >> 4u) & 0x03030303u) | (m1 & 0x04040404u)), xk2);
+            s13 += dot(unpack4x8unorm(((l1 >> 6u) & 0x03030303u) | ((m1 >> 1u) & 0x04040404u)), xk3);
+            let l2 = qs2[0];
+            let m2 = hm2[0];
+            s20 += dot(unpack4x8unorm(((l2 >> 0u) & 0x03030303u) | ((m2 << 2u) & 0x04040404u)), xk0);
+            s21 += dot(unpack4x8unorm(((l2 >> 2u) & 0x03030303u) | ((m2 << 1u) & 0x04040404u)), xk1);
+            s22 += dot(unpack4x8unorm(((l2 >> 4u) & 0x03030303u) | (m2 & 0x04040404u)), xk2);
+            s23 += dot(unpack4x8unorm(((l2 >> 6u) & 0x03030303u) | ((m2 >> 1u) & 0x04040404u)), xk3);
+            let l3 = qs3[0];
+            let m3 = hm3[0];
+            s30 += dot(unpack4x8unorm(((l3 >> 0u) & 0x03030303u) | ((m3 << 2u) & 0x04040404u)), xk0);
+            s31 += dot(unpack4x8unorm(((l3 >> 2u) & 0x03030303u) | ((m3 << 1u) & 0x04040404u)), xk1);
+            s32 += dot(unpack4x8unorm(((l3 >> 4u) & 0x03030303u) | (m3 & 0x04040404u)), xk2);
+            s33 += dot(unpack4x8unorm(((l3 >> 6u) & 0x03030303u) | ((m3 >> 1u) & 0x04040404u)), xk3);
+        }
+        {
+            let xk0 = x[xo + 1u];
+            x0 += xk0;
+            let xk1 = x[xo + 9u];
+            x1 += xk1;
+            let xk2 = x[xo + 17u];
+            x2 += xk2;
+            let xk3 = x[xo + 25u];
+            x3 += xk3;
+            let l0 = qs0[1];
+            let m0 = hm0[1];
+            s00 += dot(unpack4x8unorm(((l0 >> 0u) & 0x03030303u) | ((m0 << 2u) & 0x04040404u)), xk0);
+            s01 += dot(unpack4x8unorm(((l0 >> 2u) & 0x03030303u) | ((m0 << 1u) & 0x04040404u)), xk1);
+            s02 += dot(unpack4x8unorm(((l0 >> 4u) & 0x03030303u) | (m0 & 0x04040404u)), xk2);
+            s03 += dot(unpack4x8unorm(((l0 >> 6u) & 0x03030303u) | ((m0 >> 1u) & 0x04040404u)), xk3);
+            let l1 = qs1[1];
+            let m1 = hm1[1];
+            s10 += dot(unpack4x8unorm(((l1 >> 0u) & 0x03030303u) | ((m1 << 2u) & 0x04040404u)), xk0);
+            s11 += dot(unpack4x8unorm(((l1 >> 2u) & 0x03030303u) | ((m1 << 1u) & 0x04040404u)), xk1);
+            s12 += dot(unpack4x8unorm(((l1 >> 4u) & 0x03030303u) | (m1 & 0x04040404u)), xk2);
+            s13 += dot(unpack4x8unorm(((l1 >> 6u) & 0x03030303u) | ((m1 >> 1u) & 0x04040404u)), xk3);
+            let l2 = qs2[1];
+            let m2 = hm2[1];
+            s20 += dot(unpack4x8unorm(((l2 >> 0u) & 0x03030303u) | ((m2 << 2u) & 0x04040404u)), xk0);
+            s21 += dot(unpack4x8unorm(((l2 >> 2u) & 0x03030303u) | ((m2 << 1u) & 0x04040404u)), xk1);
+            s22 += dot(unpack4x8unorm(((l2 >> 4u) & 0x03030303u) | (m2 & 0x04040404u)), xk2);
+            s23 += dot(unpack4x8unorm(((l2 >> 6u) & 0x03030303u) | ((m2 >> 1u) & 0x04040404u)), xk3);
+            let l3 = qs3[1];
+            let m3 = hm3[1];
+            s30 += dot(unpack4x8unorm(((l3 >> 0u) & 0x03030303u) | ((m3 << 2u) & 0x04040404u)), xk0);
+            s31 += dot(unpack4x8unorm(((l3 >> 2u) & 0x03030303u) | ((m3 << 1u) & 0x04040404u)), xk1);
+            s32 += dot(unpack4x8unorm(((l3 >> 4u) & 0x03030303u) | (m3 & 0x04040404u)), xk2);
+            s33 += dot(unpack4x8unorm(((l3 >> 6u) & 0x03030303u) | ((m3 >> 1u) & 0x04040404u)), xk3);
+        }
+        {
+            let xk0 = x[xo + 2u];
+            x0 += xk0;
+            let xk1 = x[xo + 10u];
+            x1 += xk1;
+            let xk2 = x[xo + 18u];
+            x2 += xk2;
+            let xk3 = x[xo + 26u];
+            x3 += xk3;
+            let l0 = qs0[2];
+            let m0 = hm0[2];
+            s00 += dot(unpack4x8unorm(((l0 >> 0u) & 0x03030303u) | ((m0 << 2u) & 0x04040404u)), xk0);
+            s01 += dot(unpack4x8unorm(((l0 >> 2u) & 0x03030303u) | ((m0 << 1u) & 0x04040404u)), xk1);
+            s02 += dot(unpack4x8unorm(((l0 >> 4u) & 0x03030303u) | (m0 & 0x04040404u)), xk2);
+            s03 += dot(unpack4x8unorm(((l0 >> 6u) & 0x03030303u) | ((m0 >> 1u) & 0x04040404u)), xk3);
+            let l1 = qs1[2];
+            let m1 = hm1[2];
+            s10 += dot(unpack4x8unorm(((l1 >> 0u) & 0x03030303u) | ((m1 << 2u) & 0x04040404u)), xk0);
+            s11 += dot(unpack4x8unorm(((l1 >> 2u) & 0x03030303u) | ((m1 << 1u) & 0x04040404u)), xk1);
+            s12 += dot(unpack4x8unorm(((l1 >> 4u) & 0x03030303u) | (m1 & 0x04040404u)), xk2);
+            s13 += dot(unpack4x8unorm(((l1 >> 6u) & 0x03030303u) | ((m1 >> 1u) & 0x04040404u)), xk3);
+            let l2 = qs2[2];
+            let m2 = hm2[2];
+            s20 += dot(unpack4x8unorm(((l2 >> 0u) & 0x03030303u) | ((m2 << 2u) & 0x04040404u)), xk0);
+            s21 += dot(unpack4x8unorm(((l2 >> 2u) & 0x03030303u) | ((m2 << 1u) & 0x04040404u)), xk1);
+            s22 += dot(unpack4x8unorm(((l2 >> 4u) & 0x03030303u) | (m2 & 0x04040404u)), xk2);
+            s23 += dot(unpack4x8unorm(((l2 >> 6u) & 0x03030303u) | ((m2 >> 1u) & 0x04040404u)), xk3);
+            let l3 = qs3[2];
+            let m3 = hm3[2];
+            s30 += dot(unpack4x8unorm(((l3 >> 0u) & 0x03030303u) | ((m3 << 2u) & 0x04040404u)), xk0);
+            s31 += dot(unpack4x8unorm(((l3 >> 2u) & 0x03030303u) | ((m3 << 1u) & 0x04040404u)), xk1);
+            s32 += dot(unpack4x8unorm(((l3 >> 4u) & 0x03030303u) | (m3 & 0x04040404u)), xk2);
+            s33 += dot(unpack4x8unorm(((l3 >> 6u) & 0x03030303u) | ((m3 >> 1u) & 0x04040404u)), xk3);
+        }
+        {
+            let xk0 = x[xo + 3u];
+            x0 += xk0;
+            let xk1 = x[xo + 11u];
+            x1 += xk1;
+            let xk2 = x[xo + 19u];
+            x2 += xk2;
+            let xk3 = x[xo + 27u];
+            x3 += xk3;
+            let l0 = qs0[3];
+            let m0 = hm0[3];
+            s00 += dot(unpack4x8unorm(((l0 >> 0u) & 0x03030303u) | ((m0 << 2u) & 0x04040404u)), xk0);
+            s01 += dot(unpack4x8unorm(((l0 >> 2u) & 0x03030303u) | ((m0 << 1u) & 0x04040404u)), xk1);
+            s02 += dot(unpack4x8unorm(((l0 >> 4u) & 0x03030303u) | (m0 & 0x04040404u)), xk2);
+            s03 += dot(unpack4x8unorm(((l0 >> 6u) & 0x03030303u) | ((m0 >> 1u) & 0x04040404u)), xk3);
+            let l1 = qs1[3];
+            let m1 = hm1[3];
+            s10 += dot(unpack4x8unorm(((l1 >> 0u) & 0x03030303u) | ((m1 << 2u) & 0x04040404u)), xk0);
+            s11 += dot(unpack4x8unorm(((l1 >> 2u) & 0x03030303u) | ((m1 << 1u) & 0x04040404u)), xk1);
+            s12 += dot(unpack4x8unorm(((l1 >> 4u) & 0x03030303u) | (m1 & 0x04040404u)), xk2);
+            s13 += dot(unpack4x8unorm(((l1 >> 6u) & 0x03030303u) | ((m1 >> 1u) & 0x04040404u)), xk3);
+            let l2 = qs2[3];
+            let m2 = hm2[3];
+            s20 += dot(unpack4x8unorm(((l2 >> 0u) & 0x03030303u) | ((m2 << 2u) & 0x04040404u)), xk0);
+            s21 += dot(unpack4x8unorm(((l2 >> 2u) & 0x03030303u) | ((m2 << 1u) & 0x04040404u)), xk1);
+            s22 += dot(unpack4x8unorm(((l2 >> 4u) & 0x03030303u) | (m2 & 0x04040404u)), xk2);
+            s23 += dot(unpack4x8unorm(((l2 >> 6u) & 0x03030303u) | ((m2 >> 1u) & 0x04040404u)), xk3);
+            let l3 = qs3[3];
+            let m3 = hm3[3];
+            s30 += dot(unpack4x8unorm(((l3 >> 0u) & 0x03030303u) | ((m3 << 2u) & 0x04040404u)), xk0);
+            s31 += dot(unpack4x8unorm(((l3 >> 2u) & 0x03030303u) | ((m3 << 1u) & 0x04040404u)), xk1);
+            s32 += dot(unpack4x8unorm(((l3 >> 4u) & 0x03030303u) | (m3 & 0x04040404u)), xk2);
+            s33 += dot(unpack4x8unorm(((l3 >> 6u) & 0x03030303u) | ((m3 >> 1u) & 0x04040404u)), xk3);
+        }
+        let sx = vec4<f32>(dot(x0, one), dot(x1, one), dot(x2, one), dot(x3, one)) * 4.0;
+        let sc0 = q3_group_scales(hd0.sc[2u * h], hd0.sc[2u * h + 1u], g);
+        acc[0] += hd0.d * dot(sc0, vec4<f32>(s00, s01, s02, s03) * 255.0 - sx);
+        let sc1 = q3_group_scales(hd1.sc[2u * h], hd1.sc[2u * h + 1u], g);
+        acc[1] += hd1.d * dot(sc1, vec4<f32>(s10, s11, s12, s13) * 255.0 - sx);
+        let sc2 = q3_group_scales(hd2.sc[2u * h], hd2.sc[2u * h + 1u], g);
+        acc[2] += hd2.d * dot(sc2, vec4<f32>(s20, s21, s22, s23) * 255.0 - sx);
+        let sc3 = q3_group_scales(hd3.sc[2u * h], hd3.sc[2u * h + 1u], g);
+        acc[3] += hd3.d * dot(sc3, vec4<f32>(s30, s31, s32, s33) * 255.0 - sx);
+    }
+    return acc;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let xb = (p.x_offset + wid.z * p.x_stride) / 4u;
-    let row = (wid.x + wid.y * p.groups_x) * WG + t;
-    if (row >= p.n_rows) {
+    // ROWS consecutive rows per invocation: each load of x (a per-lane gather on CPU adapters, even at an
+    // address all lanes share) serves ROWS rows
+    let r0 = ((wid.x + wid.y * p.groups_x) * WG + t) * ROWS;
+    if (r0 >= p.n_rows) {
         return;
     }
-    let base = row * p.row_bytes;
+    let rows = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n_rows - 1u));
+    let bases = rows * p.row_bytes;
     var acc = vec4<f32>(0.0);
-    for (var u = 0u; u < p.n_units; u++) {
-        let v = dequant_unit(base, u, p.K);
-        for (var j = 0u; j < UNIT / 4u; j++) {
-            let wv = vec4<f32>(v[4u * j], v[4u * j + 1u], v[4u * j + 2u], v[4u * j + 3u]);
-            let xv = x[xb + u * (UNIT / 4u) + j];
-            acc += wv * xv;
-        }
+    for (var blk = 0u; blk < p.n_units / BLOCK_UNITS; blk++) {
+        acc += dot_block(bases, blk, xb + blk * (BLOCK_UNITS * UNIT / 4u));
     }
-    y[wid.z * p.y_stride + p.y_offset + row] = acc.x + acc.y + acc.z + acc.w;
+    let yb = wid.z * p.y_stride + p.y_offset;
+    for (var r = 0u; r < min(ROWS, p.n_rows - r0); r++) {
+        y[yb + r0 + r] = acc[r];
+    }
 }

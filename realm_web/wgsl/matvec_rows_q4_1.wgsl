@@ -115,22 +115,98 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
     return v;
 }
 
+// Decode's fused form (matvec_rows): block `blk` of ROWS rows (byte offsets `bases`) dotted with x's 32 elements
+// at vec4 `xv`. Quants word i gives x vec4s i (low nibbles) and 4 + i (high); d and m apply once a block:
+// sum((d q + m) x) = d * 255 * sum(u x) + m * sum(x), u = unpack4x8unorm(q) = q / 255.
+const BLOCK_UNITS: u32 = 1u;
+const ROWS: u32 = 4u;
+
+fn dot_block(bases: vec4<u32>, blk: u32, xv: u32) -> vec4<f32> {
+    let a = (bases + vec4<u32>(blk * BLOCK_BYTES)) >> vec4<u32>(2u);
+    var xs = vec4<f32>(0.0);
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    var s2 = vec4<f32>(0.0);
+    var s3 = vec4<f32>(0.0);
+    {
+        let xa = x[xv + 0u];
+        let xb = x[xv + 4u];
+        xs += xa + xb;
+        let q0 = w[a[0] + 1u];
+        s0 += unpack4x8unorm(q0 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q0 >> 4u) & 0x0f0f0f0fu) * xb;
+        let q1 = w[a[1] + 1u];
+        s1 += unpack4x8unorm(q1 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q1 >> 4u) & 0x0f0f0f0fu) * xb;
+        let q2 = w[a[2] + 1u];
+        s2 += unpack4x8unorm(q2 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q2 >> 4u) & 0x0f0f0f0fu) * xb;
+        let q3 = w[a[3] + 1u];
+        s3 += unpack4x8unorm(q3 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q3 >> 4u) & 0x0f0f0f0fu) * xb;
+    }
+    {
+        let xa = x[xv + 1u];
+        let xb = x[xv + 5u];
+        xs += xa + xb;
+        let q0 = w[a[0] + 2u];
+        s0 += unpack4x8unorm(q0 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q0 >> 4u) & 0x0f0f0f0fu) * xb;
+        let q1 = w[a[1] + 2u];
+        s1 += unpack4x8unorm(q1 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q1 >> 4u) & 0x0f0f0f0fu) * xb;
+        let q2 = w[a[2] + 2u];
+        s2 += unpack4x8unorm(q2 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q2 >> 4u) & 0x0f0f0f0fu) * xb;
+        let q3 = w[a[3] + 2u];
+        s3 += unpack4x8unorm(q3 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q3 >> 4u) & 0x0f0f0f0fu) * xb;
+    }
+    {
+        let xa = x[xv + 2u];
+        let xb = x[xv + 6u];
+        xs += xa + xb;
+        let q0 = w[a[0] + 3u];
+        s0 += unpack4x8unorm(q0 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q0 >> 4u) & 0x0f0f0f0fu) * xb;
+        let q1 = w[a[1] + 3u];
+        s1 += unpack4x8unorm(q1 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q1 >> 4u) & 0x0f0f0f0fu) * xb;
+        let q2 = w[a[2] + 3u];
+        s2 += unpack4x8unorm(q2 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q2 >> 4u) & 0x0f0f0f0fu) * xb;
+        let q3 = w[a[3] + 3u];
+        s3 += unpack4x8unorm(q3 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q3 >> 4u) & 0x0f0f0f0fu) * xb;
+    }
+    {
+        let xa = x[xv + 3u];
+        let xb = x[xv + 7u];
+        xs += xa + xb;
+        let q0 = w[a[0] + 4u];
+        s0 += unpack4x8unorm(q0 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q0 >> 4u) & 0x0f0f0f0fu) * xb;
+        let q1 = w[a[1] + 4u];
+        s1 += unpack4x8unorm(q1 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q1 >> 4u) & 0x0f0f0f0fu) * xb;
+        let q2 = w[a[2] + 4u];
+        s2 += unpack4x8unorm(q2 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q2 >> 4u) & 0x0f0f0f0fu) * xb;
+        let q3 = w[a[3] + 4u];
+        s3 += unpack4x8unorm(q3 & 0x0f0f0f0fu) * xa + unpack4x8unorm((q3 >> 4u) & 0x0f0f0f0fu) * xb;
+    }
+    let one = vec4<f32>(1.0);
+    let sx = dot(xs, one);
+    return vec4<f32>(
+        dot(unpack2x16float(w[a[0]]), vec2<f32>(dot(s0, one) * 255.0, sx)),
+        dot(unpack2x16float(w[a[1]]), vec2<f32>(dot(s1, one) * 255.0, sx)),
+        dot(unpack2x16float(w[a[2]]), vec2<f32>(dot(s2, one) * 255.0, sx)),
+        dot(unpack2x16float(w[a[3]]), vec2<f32>(dot(s3, one) * 255.0, sx))
+    );
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let xb = (p.x_offset + wid.z * p.x_stride) / 4u;
-    let row = (wid.x + wid.y * p.groups_x) * WG + t;
-    if (row >= p.n_rows) {
+    // ROWS consecutive rows per invocation: each load of x (a per-lane gather on CPU adapters, even at an
+    // address all lanes share) serves ROWS rows
+    let r0 = ((wid.x + wid.y * p.groups_x) * WG + t) * ROWS;
+    if (r0 >= p.n_rows) {
         return;
     }
-    let base = row * p.row_bytes;
+    let rows = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n_rows - 1u));
+    let bases = rows * p.row_bytes;
     var acc = vec4<f32>(0.0);
-    for (var u = 0u; u < p.n_units; u++) {
-        let v = dequant_unit(base, u, p.K);
-        for (var j = 0u; j < UNIT / 4u; j++) {
-            let wv = vec4<f32>(v[4u * j], v[4u * j + 1u], v[4u * j + 2u], v[4u * j + 3u]);
-            let xv = x[xb + u * (UNIT / 4u) + j];
-            acc += wv * xv;
-        }
+    for (var blk = 0u; blk < p.n_units / BLOCK_UNITS; blk++) {
+        acc += dot_block(bases, blk, xb + blk * (BLOCK_UNITS * UNIT / 4u));
     }
-    y[wid.z * p.y_stride + p.y_offset + row] = acc.x + acc.y + acc.z + acc.w;
+    let yb = wid.z * p.y_stride + p.y_offset;
+    for (var r = 0u; r < min(ROWS, p.n_rows - r0); r++) {
+        y[yb + r0 + r] = acc[r];
+    }
 }

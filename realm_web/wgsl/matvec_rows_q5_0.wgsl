@@ -126,22 +126,235 @@ fn dequant_unit(row_base: u32, u: u32, K: u32) -> array<f32, 32> {
     return v;
 }
 
+// Decode's fused form (matvec_rows): a pair of blocks (44 bytes = 11 words, word-aligned as rows are when
+// K % 64 == 0; the host uses the workgroup kernel otherwise) of ROWS rows (byte offsets `bases`), dotted with x's
+// 64 elements at vec4 `xv`. Word 0 holds d0 (low half) and qh0's low half, word 1 qh0's high half and qs0 from its
+// high half on (qs0 word i = the middle of words 1 + i, 2 + i); word 5's high half is d1, word 6 is qh1, words
+// 7..10 are qs1. Quants word i of a block gives x vec4s i (low nibbles, qh bits 4i..) and 4 + i (high nibbles, qh
+// bits 16 + 4i..) of its block. d applies once a block: d * sum((q - 16) x) = d * (255 * sum(u x) - 16 * sum(x)),
+// u = unpack4x8unorm(q) = q / 255.
+const BLOCK_UNITS: u32 = 2u;
+const ROWS: u32 = 4u;
+
+fn dot_block(bases: vec4<u32>, blk: u32, xv: u32) -> vec4<f32> {
+    let a = (bases + vec4<u32>(blk * (2u * BLOCK_BYTES))) >> vec4<u32>(2u);
+    var x0 = vec4<f32>(0.0);
+    var x1 = vec4<f32>(0.0);
+    let f0 = w[a[0]];
+    var p0 = w[a[0] + 1u];
+    let ha0 = (f0 >> 16u) | (p0 << 16u);
+    let hb0 = w[a[0] + 6u];
+    var s00 = vec4<f32>(0.0);
+    var s01 = vec4<f32>(0.0);
+    let f1 = w[a[1]];
+    var p1 = w[a[1] + 1u];
+    let ha1 = (f1 >> 16u) | (p1 << 16u);
+    let hb1 = w[a[1] + 6u];
+    var s10 = vec4<f32>(0.0);
+    var s11 = vec4<f32>(0.0);
+    let f2 = w[a[2]];
+    var p2 = w[a[2] + 1u];
+    let ha2 = (f2 >> 16u) | (p2 << 16u);
+    let hb2 = w[a[2] + 6u];
+    var s20 = vec4<f32>(0.0);
+    var s21 = vec4<f32>(0.0);
+    let f3 = w[a[3]];
+    var p3 = w[a[3] + 1u];
+    let ha3 = (f3 >> 16u) | (p3 << 16u);
+    let hb3 = w[a[3] + 6u];
+    var s30 = vec4<f32>(0.0);
+    var s31 = vec4<f32>(0.0);
+    {
+        let xa = x[xv + 0u];
+        let xah = x[xv + 4u];
+        let xb = x[xv + 8u];
+        let xbh = x[xv + 12u];
+        x0 += xa + xah;
+        x1 += xb + xbh;
+        let n0 = w[a[0] + 2u];
+        let qa0 = (p0 >> 16u) | (n0 << 16u);
+        let qb0 = w[a[0] + 7u];
+        s00 += unpack4x8unorm((qa0 & 0x0f0f0f0fu) | (bits_to_bytes(ha0 >> 0u) << 4u)) * xa
+                   + unpack4x8unorm(((qa0 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha0 >> 16u) << 4u)) * xah;
+        s01 += unpack4x8unorm((qb0 & 0x0f0f0f0fu) | (bits_to_bytes(hb0 >> 0u) << 4u)) * xb
+                   + unpack4x8unorm(((qb0 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb0 >> 16u) << 4u)) * xbh;
+        p0 = n0;
+        let n1 = w[a[1] + 2u];
+        let qa1 = (p1 >> 16u) | (n1 << 16u);
+        let qb1 = w[a[1] + 7u];
+        s10 += unpack4x8unorm((qa1 & 0x0f0f0f0fu) | (bits_to_bytes(ha1 >> 0u) << 4u)) * xa
+                   + unpack4x8unorm(((qa1 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha1 >> 16u) << 4u)) * xah;
+        s11 += unpack4x8unorm((qb1 & 0x0f0f0f0fu) | (bits_to_bytes(hb1 >> 0u) << 4u)) * xb
+                   + unpack4x8unorm(((qb1 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb1 >> 16u) << 4u)) * xbh;
+        p1 = n1;
+        let n2 = w[a[2] + 2u];
+        let qa2 = (p2 >> 16u) | (n2 << 16u);
+        let qb2 = w[a[2] + 7u];
+        s20 += unpack4x8unorm((qa2 & 0x0f0f0f0fu) | (bits_to_bytes(ha2 >> 0u) << 4u)) * xa
+                   + unpack4x8unorm(((qa2 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha2 >> 16u) << 4u)) * xah;
+        s21 += unpack4x8unorm((qb2 & 0x0f0f0f0fu) | (bits_to_bytes(hb2 >> 0u) << 4u)) * xb
+                   + unpack4x8unorm(((qb2 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb2 >> 16u) << 4u)) * xbh;
+        p2 = n2;
+        let n3 = w[a[3] + 2u];
+        let qa3 = (p3 >> 16u) | (n3 << 16u);
+        let qb3 = w[a[3] + 7u];
+        s30 += unpack4x8unorm((qa3 & 0x0f0f0f0fu) | (bits_to_bytes(ha3 >> 0u) << 4u)) * xa
+                   + unpack4x8unorm(((qa3 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha3 >> 16u) << 4u)) * xah;
+        s31 += unpack4x8unorm((qb3 & 0x0f0f0f0fu) | (bits_to_bytes(hb3 >> 0u) << 4u)) * xb
+                   + unpack4x8unorm(((qb3 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb3 >> 16u) << 4u)) * xbh;
+        p3 = n3;
+    }
+    {
+        let xa = x[xv + 1u];
+        let xah = x[xv + 5u];
+        let xb = x[xv + 9u];
+        let xbh = x[xv + 13u];
+        x0 += xa + xah;
+        x1 += xb + xbh;
+        let n0 = w[a[0] + 3u];
+        let qa0 = (p0 >> 16u) | (n0 << 16u);
+        let qb0 = w[a[0] + 8u];
+        s00 += unpack4x8unorm((qa0 & 0x0f0f0f0fu) | (bits_to_bytes(ha0 >> 4u) << 4u)) * xa
+                   + unpack4x8unorm(((qa0 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha0 >> 20u) << 4u)) * xah;
+        s01 += unpack4x8unorm((qb0 & 0x0f0f0f0fu) | (bits_to_bytes(hb0 >> 4u) << 4u)) * xb
+                   + unpack4x8unorm(((qb0 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb0 >> 20u) << 4u)) * xbh;
+        p0 = n0;
+        let n1 = w[a[1] + 3u];
+        let qa1 = (p1 >> 16u) | (n1 << 16u);
+        let qb1 = w[a[1] + 8u];
+        s10 += unpack4x8unorm((qa1 & 0x0f0f0f0fu) | (bits_to_bytes(ha1 >> 4u) << 4u)) * xa
+                   + unpack4x8unorm(((qa1 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha1 >> 20u) << 4u)) * xah;
+        s11 += unpack4x8unorm((qb1 & 0x0f0f0f0fu) | (bits_to_bytes(hb1 >> 4u) << 4u)) * xb
+                   + unpack4x8unorm(((qb1 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb1 >> 20u) << 4u)) * xbh;
+        p1 = n1;
+        let n2 = w[a[2] + 3u];
+        let qa2 = (p2 >> 16u) | (n2 << 16u);
+        let qb2 = w[a[2] + 8u];
+        s20 += unpack4x8unorm((qa2 & 0x0f0f0f0fu) | (bits_to_bytes(ha2 >> 4u) << 4u)) * xa
+                   + unpack4x8unorm(((qa2 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha2 >> 20u) << 4u)) * xah;
+        s21 += unpack4x8unorm((qb2 & 0x0f0f0f0fu) | (bits_to_bytes(hb2 >> 4u) << 4u)) * xb
+                   + unpack4x8unorm(((qb2 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb2 >> 20u) << 4u)) * xbh;
+        p2 = n2;
+        let n3 = w[a[3] + 3u];
+        let qa3 = (p3 >> 16u) | (n3 << 16u);
+        let qb3 = w[a[3] + 8u];
+        s30 += unpack4x8unorm((qa3 & 0x0f0f0f0fu) | (bits_to_bytes(ha3 >> 4u) << 4u)) * xa
+                   + unpack4x8unorm(((qa3 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha3 >> 20u) << 4u)) * xah;
+        s31 += unpack4x8unorm((qb3 & 0x0f0f0f0fu) | (bits_to_bytes(hb3 >> 4u) << 4u)) * xb
+                   + unpack4x8unorm(((qb3 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb3 >> 20u) << 4u)) * xbh;
+        p3 = n3;
+    }
+    {
+        let xa = x[xv + 2u];
+        let xah = x[xv + 6u];
+        let xb = x[xv + 10u];
+        let xbh = x[xv + 14u];
+        x0 += xa + xah;
+        x1 += xb + xbh;
+        let n0 = w[a[0] + 4u];
+        let qa0 = (p0 >> 16u) | (n0 << 16u);
+        let qb0 = w[a[0] + 9u];
+        s00 += unpack4x8unorm((qa0 & 0x0f0f0f0fu) | (bits_to_bytes(ha0 >> 8u) << 4u)) * xa
+                   + unpack4x8unorm(((qa0 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha0 >> 24u) << 4u)) * xah;
+        s01 += unpack4x8unorm((qb0 & 0x0f0f0f0fu) | (bits_to_bytes(hb0 >> 8u) << 4u)) * xb
+                   + unpack4x8unorm(((qb0 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb0 >> 24u) << 4u)) * xbh;
+        p0 = n0;
+        let n1 = w[a[1] + 4u];
+        let qa1 = (p1 >> 16u) | (n1 << 16u);
+        let qb1 = w[a[1] + 9u];
+        s10 += unpack4x8unorm((qa1 & 0x0f0f0f0fu) | (bits_to_bytes(ha1 >> 8u) << 4u)) * xa
+                   + unpack4x8unorm(((qa1 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha1 >> 24u) << 4u)) * xah;
+        s11 += unpack4x8unorm((qb1 & 0x0f0f0f0fu) | (bits_to_bytes(hb1 >> 8u) << 4u)) * xb
+                   + unpack4x8unorm(((qb1 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb1 >> 24u) << 4u)) * xbh;
+        p1 = n1;
+        let n2 = w[a[2] + 4u];
+        let qa2 = (p2 >> 16u) | (n2 << 16u);
+        let qb2 = w[a[2] + 9u];
+        s20 += unpack4x8unorm((qa2 & 0x0f0f0f0fu) | (bits_to_bytes(ha2 >> 8u) << 4u)) * xa
+                   + unpack4x8unorm(((qa2 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha2 >> 24u) << 4u)) * xah;
+        s21 += unpack4x8unorm((qb2 & 0x0f0f0f0fu) | (bits_to_bytes(hb2 >> 8u) << 4u)) * xb
+                   + unpack4x8unorm(((qb2 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb2 >> 24u) << 4u)) * xbh;
+        p2 = n2;
+        let n3 = w[a[3] + 4u];
+        let qa3 = (p3 >> 16u) | (n3 << 16u);
+        let qb3 = w[a[3] + 9u];
+        s30 += unpack4x8unorm((qa3 & 0x0f0f0f0fu) | (bits_to_bytes(ha3 >> 8u) << 4u)) * xa
+                   + unpack4x8unorm(((qa3 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha3 >> 24u) << 4u)) * xah;
+        s31 += unpack4x8unorm((qb3 & 0x0f0f0f0fu) | (bits_to_bytes(hb3 >> 8u) << 4u)) * xb
+                   + unpack4x8unorm(((qb3 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb3 >> 24u) << 4u)) * xbh;
+        p3 = n3;
+    }
+    {
+        let xa = x[xv + 3u];
+        let xah = x[xv + 7u];
+        let xb = x[xv + 11u];
+        let xbh = x[xv + 15u];
+        x0 += xa + xah;
+        x1 += xb + xbh;
+        let n0 = w[a[0] + 5u];
+        let qa0 = (p0 >> 16u) | (n0 << 16u);
+        let qb0 = w[a[0] + 10u];
+        s00 += unpack4x8unorm((qa0 & 0x0f0f0f0fu) | (bits_to_bytes(ha0 >> 12u) << 4u)) * xa
+                   + unpack4x8unorm(((qa0 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha0 >> 28u) << 4u)) * xah;
+        s01 += unpack4x8unorm((qb0 & 0x0f0f0f0fu) | (bits_to_bytes(hb0 >> 12u) << 4u)) * xb
+                   + unpack4x8unorm(((qb0 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb0 >> 28u) << 4u)) * xbh;
+        p0 = n0;
+        let n1 = w[a[1] + 5u];
+        let qa1 = (p1 >> 16u) | (n1 << 16u);
+        let qb1 = w[a[1] + 10u];
+        s10 += unpack4x8unorm((qa1 & 0x0f0f0f0fu) | (bits_to_bytes(ha1 >> 12u) << 4u)) * xa
+                   + unpack4x8unorm(((qa1 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha1 >> 28u) << 4u)) * xah;
+        s11 += unpack4x8unorm((qb1 & 0x0f0f0f0fu) | (bits_to_bytes(hb1 >> 12u) << 4u)) * xb
+                   + unpack4x8unorm(((qb1 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb1 >> 28u) << 4u)) * xbh;
+        p1 = n1;
+        let n2 = w[a[2] + 5u];
+        let qa2 = (p2 >> 16u) | (n2 << 16u);
+        let qb2 = w[a[2] + 10u];
+        s20 += unpack4x8unorm((qa2 & 0x0f0f0f0fu) | (bits_to_bytes(ha2 >> 12u) << 4u)) * xa
+                   + unpack4x8unorm(((qa2 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha2 >> 28u) << 4u)) * xah;
+        s21 += unpack4x8unorm((qb2 & 0x0f0f0f0fu) | (bits_to_bytes(hb2 >> 12u) << 4u)) * xb
+                   + unpack4x8unorm(((qb2 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb2 >> 28u) << 4u)) * xbh;
+        p2 = n2;
+        let n3 = w[a[3] + 5u];
+        let qa3 = (p3 >> 16u) | (n3 << 16u);
+        let qb3 = w[a[3] + 10u];
+        s30 += unpack4x8unorm((qa3 & 0x0f0f0f0fu) | (bits_to_bytes(ha3 >> 12u) << 4u)) * xa
+                   + unpack4x8unorm(((qa3 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(ha3 >> 28u) << 4u)) * xah;
+        s31 += unpack4x8unorm((qb3 & 0x0f0f0f0fu) | (bits_to_bytes(hb3 >> 12u) << 4u)) * xb
+                   + unpack4x8unorm(((qb3 >> 4u) & 0x0f0f0f0fu) | (bits_to_bytes(hb3 >> 28u) << 4u)) * xbh;
+        p3 = n3;
+    }
+    let one = vec4<f32>(1.0);
+    let sx = vec2<f32>(dot(x0, one), dot(x1, one)) * 16.0;
+    return vec4<f32>(
+        dot(vec2<f32>(unpack2x16float(f0).x, unpack2x16float(p0).y),
+            vec2<f32>(dot(s00, one), dot(s01, one)) * 255.0 - sx),
+        dot(vec2<f32>(unpack2x16float(f1).x, unpack2x16float(p1).y),
+            vec2<f32>(dot(s10, one), dot(s11, one)) * 255.0 - sx),
+        dot(vec2<f32>(unpack2x16float(f2).x, unpack2x16float(p2).y),
+            vec2<f32>(dot(s20, one), dot(s21, one)) * 255.0 - sx),
+        dot(vec2<f32>(unpack2x16float(f3).x, unpack2x16float(p3).y),
+            vec2<f32>(dot(s30, one), dot(s31, one)) * 255.0 - sx)
+    );
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let xb = (p.x_offset + wid.z * p.x_stride) / 4u;
-    let row = (wid.x + wid.y * p.groups_x) * WG + t;
-    if (row >= p.n_rows) {
+    // ROWS consecutive rows per invocation: each load of x (a per-lane gather on CPU adapters, even at an
+    // address all lanes share) serves ROWS rows
+    let r0 = ((wid.x + wid.y * p.groups_x) * WG + t) * ROWS;
+    if (r0 >= p.n_rows) {
         return;
     }
-    let base = row * p.row_bytes;
+    let rows = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n_rows - 1u));
+    let bases = rows * p.row_bytes;
     var acc = vec4<f32>(0.0);
-    for (var u = 0u; u < p.n_units; u++) {
-        let v = dequant_unit(base, u, p.K);
-        for (var j = 0u; j < UNIT / 4u; j++) {
-            let wv = vec4<f32>(v[4u * j], v[4u * j + 1u], v[4u * j + 2u], v[4u * j + 3u]);
-            let xv = x[xb + u * (UNIT / 4u) + j];
-            acc += wv * xv;
-        }
+    for (var blk = 0u; blk < p.n_units / BLOCK_UNITS; blk++) {
+        acc += dot_block(bases, blk, xb + blk * (BLOCK_UNITS * UNIT / 4u));
     }
-    y[wid.z * p.y_stride + p.y_offset + row] = acc.x + acc.y + acc.z + acc.w;
+    let yb = wid.z * p.y_stride + p.y_offset;
+    for (var r = 0u; r < min(ROWS, p.n_rows - r0); r++) {
+        y[yb + r0 + r] = acc[r];
+    }
 }
