@@ -377,16 +377,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[3]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[4];
+            put_y(yb + 4u, acc[4]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[5];
+            put_y(yb + 5u, acc[5]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[6];
+            put_y(yb + 6u, acc[6]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[7];
+            put_y(yb + 7u, acc[7]);
         }
     }
 }

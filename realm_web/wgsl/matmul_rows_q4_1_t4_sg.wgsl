@@ -559,16 +559,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[12]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[16];
+            put_y(yb + 4u, acc[16]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[20];
+            put_y(yb + 5u, acc[20]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[24];
+            put_y(yb + 6u, acc[24]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[28];
+            put_y(yb + 7u, acc[28]);
         }
     }
     if (n0 + 1u < p.n_tok) {
@@ -586,16 +586,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[13]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[17];
+            put_y(yb + 4u, acc[17]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[21];
+            put_y(yb + 5u, acc[21]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[25];
+            put_y(yb + 6u, acc[25]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[29];
+            put_y(yb + 7u, acc[29]);
         }
     }
     if (n0 + 2u < p.n_tok) {
@@ -613,16 +613,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[14]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[18];
+            put_y(yb + 4u, acc[18]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[22];
+            put_y(yb + 5u, acc[22]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[26];
+            put_y(yb + 6u, acc[26]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[30];
+            put_y(yb + 7u, acc[30]);
         }
     }
     if (n0 + 3u < p.n_tok) {
@@ -640,16 +640,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[15]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[19];
+            put_y(yb + 4u, acc[19]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[23];
+            put_y(yb + 5u, acc[23]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[27];
+            put_y(yb + 6u, acc[27]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[31];
+            put_y(yb + 7u, acc[31]);
         }
     }
 }

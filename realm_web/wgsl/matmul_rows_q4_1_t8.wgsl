@@ -797,16 +797,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[24]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[32];
+            put_y(yb + 4u, acc[32]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[40];
+            put_y(yb + 5u, acc[40]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[48];
+            put_y(yb + 6u, acc[48]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[56];
+            put_y(yb + 7u, acc[56]);
         }
     }
     if (n0 + 1u < p.n_tok) {
@@ -824,16 +824,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[25]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[33];
+            put_y(yb + 4u, acc[33]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[41];
+            put_y(yb + 5u, acc[41]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[49];
+            put_y(yb + 6u, acc[49]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[57];
+            put_y(yb + 7u, acc[57]);
         }
     }
     if (n0 + 2u < p.n_tok) {
@@ -851,16 +851,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[26]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[34];
+            put_y(yb + 4u, acc[34]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[42];
+            put_y(yb + 5u, acc[42]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[50];
+            put_y(yb + 6u, acc[50]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[58];
+            put_y(yb + 7u, acc[58]);
         }
     }
     if (n0 + 3u < p.n_tok) {
@@ -878,16 +878,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[27]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[35];
+            put_y(yb + 4u, acc[35]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[43];
+            put_y(yb + 5u, acc[43]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[51];
+            put_y(yb + 6u, acc[51]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[59];
+            put_y(yb + 7u, acc[59]);
         }
     }
     if (n0 + 4u < p.n_tok) {
@@ -905,16 +905,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[28]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[36];
+            put_y(yb + 4u, acc[36]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[44];
+            put_y(yb + 5u, acc[44]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[52];
+            put_y(yb + 6u, acc[52]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[60];
+            put_y(yb + 7u, acc[60]);
         }
     }
     if (n0 + 5u < p.n_tok) {
@@ -932,16 +932,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[29]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[37];
+            put_y(yb + 4u, acc[37]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[45];
+            put_y(yb + 5u, acc[45]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[53];
+            put_y(yb + 6u, acc[53]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[61];
+            put_y(yb + 7u, acc[61]);
         }
     }
     if (n0 + 6u < p.n_tok) {
@@ -959,16 +959,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[30]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[38];
+            put_y(yb + 4u, acc[38]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[46];
+            put_y(yb + 5u, acc[46]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[54];
+            put_y(yb + 6u, acc[54]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[62];
+            put_y(yb + 7u, acc[62]);
         }
     }
     if (n0 + 7u < p.n_tok) {
@@ -986,16 +986,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[31]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[39];
+            put_y(yb + 4u, acc[39]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[47];
+            put_y(yb + 5u, acc[47]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[55];
+            put_y(yb + 6u, acc[55]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[63];
+            put_y(yb + 7u, acc[63]);
         }
     }
 }

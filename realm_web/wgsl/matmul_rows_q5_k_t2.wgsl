@@ -545,16 +545,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[6]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[8];
+            put_y(yb + 4u, acc[8]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[10];
+            put_y(yb + 5u, acc[10]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[12];
+            put_y(yb + 6u, acc[12]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[14];
+            put_y(yb + 7u, acc[14]);
         }
     }
     if (n0 + 1u < p.n_tok) {
@@ -572,16 +572,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             put_y(yb + 3u, acc[7]);
         }
         if (r0 + 4u < p.n_rows) {
-            y[yb + 4u] = acc[9];
+            put_y(yb + 4u, acc[9]);
         }
         if (r0 + 5u < p.n_rows) {
-            y[yb + 5u] = acc[11];
+            put_y(yb + 5u, acc[11]);
         }
         if (r0 + 6u < p.n_rows) {
-            y[yb + 6u] = acc[13];
+            put_y(yb + 6u, acc[13]);
         }
         if (r0 + 7u < p.n_rows) {
-            y[yb + 7u] = acc[15];
+            put_y(yb + 7u, acc[15]);
         }
     }
 }
