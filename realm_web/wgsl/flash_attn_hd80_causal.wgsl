@@ -7,6 +7,9 @@ struct Params {
     max_blocks: u32,  // entries per sequence slot in the block table
     q_stride: u32,    // f32 elements between consecutive tokens of q (a multiple of 4)
     out_stride: u32,  // f32 elements between consecutive tokens of out
+    chunk: u32,       // keys per chunk (a multiple of 4)
+    max_chunks: u32,  // partial records per (token, head) in part (>= chunks of the longest context)
+    slots: u32,       // chunks of one (token, head) computed side by side (1 ..= max_chunks)
     groups_x: u32,    // workgroups along grid x
     scale: f32,       // multiplies q·k (1/sqrt(head_dim) for most models)
 }
@@ -14,94 +17,96 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> tok: array<u32>;    // [n_tok][position in sequence, sequence slot]
 @group(0) @binding(5) var<storage, read> table: array<u32>;  // [n_slots][max_blocks] block ids
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+// [n_tok][n_head][max_chunks] records of D4 + 1 vec4: (m, l, 0, 0), then the unnormalized output
+@group(0) @binding(7) var<storage, read_write> part: array<vec4<f32>>;
 
-override WG: u32 = 64u;  // invocations per workgroup = keys per tile: a power of two <= 256
+override WG: u32 = 64u;  // invocations per workgroup: a power of two <= 256 (no effect on results)
 
 const D: u32 = 80u;  // head_dim
 const D4: u32 = 20u;
 const NEG_BIG: f32 = -3.0e38;  // stands in for -inf: WGSL implementations may assume no infinities
-
-var<workgroup> q_s: array<vec4<f32>, D4>;  // this (token, head)'s query
-var<workgroup> acc: array<f32, D>;         // unnormalized output; dim d belongs to invocation d % WG
-var<workgroup> score: array<f32, 256>;     // [WG] scores of the current tile
-var<workgroup> prob: array<f32, 256>;      // [WG] exp(score - running max)
-var<workgroup> krow: array<u32, 256>;      // [WG] f32 element of each key's cache row (this kv head)
+const ROW: u32 = D4;  // vec4 per head row
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let item = wid.x + wid.y * p.groups_x;  // uniform across the workgroup
-    if (item >= p.n_tok * p.n_head) {
+    let e = (wid.x + wid.y * p.groups_x) * WG + t;
+    let h = e % p.n_head;
+    let c0 = (e / p.n_head) % p.slots;
+    let n = e / p.n_head / p.slots;
+    if (n >= p.n_tok) {
         return;
     }
-    let n = item / p.n_head;
-    let h = item % p.n_head;
-    let hkv = h / (p.n_head / p.n_head_kv);
     let pos = tok[2u * n];
     let seq = tok[2u * n + 1u];
     let n_keys = select(pos + 1u, 0u, pos == 0xffffffffu);
-    let row = p.n_head_kv * D;  // f32 elements per cache position
-    let tb = seq * p.max_blocks;  // this slot's block table
-
-    let qb = (n * p.q_stride + h * D) / 4u;
-    for (var i = t; i < D4; i += WG) {
-        q_s[i] = q[qb + i];
-    }
-    for (var d = t; d < D; d += WG) {
-        acc[d] = 0.0;
-    }
-    workgroupBarrier();
-
-    var m = NEG_BIG;  // running max of the scores (the same value in every invocation)
-    var l = 0.0;      // running sum of exp(score - m)
-    for (var j0 = 0u; j0 < n_keys; j0 += WG) {
-        let len = min(WG, n_keys - j0);
-        var s = NEG_BIG;
-        if (t < len) {
-            let j = j0 + t;
-            let kr = (table[tb + j / p.block_size] * p.block_size + j % p.block_size) * row + hkv * D;
-            krow[t] = kr;
-            let kb = kr / 4u;
-            var qk = vec4<f32>(0.0);
-            for (var i = 0u; i < D4; i++) {
-                qk += q_s[i] * k_cache[kb + i];
-            }
-            s = p.scale * (qk.x + qk.y + qk.z + qk.w);
-        }
-        score[t] = s;
-        workgroupBarrier();
-
-        var m_new = m;
-        for (var j = 0u; j < len; j++) {
-            m_new = max(m_new, score[j]);
-        }
-        let alpha = exp(m - m_new);  // rescales what was summed under the old max
-        prob[t] = exp(s - m_new);    // 0 for t >= len
-        m = m_new;
-        workgroupBarrier();
-
-        var tile_sum = 0.0;
-        for (var j = 0u; j < len; j++) {
-            tile_sum += prob[j];
-        }
-        l = l * alpha + tile_sum;
-        for (var d = t; d < D; d += WG) {
-            var a = acc[d] * alpha;
-            for (var j = 0u; j < len; j++) {
-                a += prob[j] * v_cache[krow[j] + d];
-            }
-            acc[d] = a;
-        }
-        // The next tile's first barrier keeps its writes of score/prob/krow behind every read of this one.
-        workgroupBarrier();
-    }
-
-    let inv = select(0.0, 1.0 / l, l > 0.0);  // padding tokens (no keys) write zeros
+    let n_chunks = (n_keys + p.chunk - 1u) / p.chunk;
     let ob = n * p.out_stride + h * D;
-    for (var d = t; d < D; d += WG) {
-        out[ob + d] = acc[d] * inv;
+    if (n_keys == 0u) {  // padding
+        if (c0 == 0u) {
+            for (var d = 0u; d < D; d++) {
+                out[ob + d] = 0.0;
+            }
+        }
+        return;
+    }
+    let hkv = h / (p.n_head / p.n_head_kv);
+    let tb = seq * p.max_blocks;  // this slot's block table
+    let pos_row = p.n_head_kv * ROW;  // vec4 per cache position
+    var qv: array<vec4<f32>, D4>;
+    let qb = (n * p.q_stride + h * D) / 4u;
+    for (var i = 0u; i < D4; i++) {
+        qv[i] = q[qb + i];
+    }
+    let rec = (n * p.n_head + h) * p.max_chunks;  // this (token, head)'s first partial record
+
+    for (var c = c0; c < n_chunks; c += p.slots) {
+        let j1 = min((c + 1u) * p.chunk, n_keys);
+        var m = NEG_BIG;  // running max of the scores
+        var l = 0.0;      // running sum of exp(score - m)
+        var acc: array<vec4<f32>, D4>;  // running sum of exp(score - m) · v (zero-initialized)
+        for (var j = c * p.chunk; j < j1; j += 4u) {
+            // keys j..j+3 (those past j1 masked: their row is key j1 - 1's, their score NEG_BIG)
+            var row: vec4<u32>;
+            var s: vec4<f32>;
+            for (var u = 0u; u < 4u; u++) {
+                let jj = min(j + u, j1 - 1u);
+                row[u] = ((table[tb + jj / p.block_size] * p.block_size + jj % p.block_size) * p.n_head_kv + hkv)
+                         * ROW;
+                var qk = vec4<f32>(0.0);
+                for (var i = 0u; i < ROW; i++) {
+                    qk += qv[i] * k_cache[row[u] + i];
+                }
+                s[u] = select(NEG_BIG, p.scale * (qk.x + qk.y + qk.z + qk.w), j + u < j1);
+            }
+            let m_new = max(m, max(max(s.x, s.y), max(s.z, s.w)));
+            let alpha = exp(m - m_new);  // rescales what was summed under the old max
+            let pr = exp(s - vec4<f32>(m_new));  // 0 for masked keys
+            l = l * alpha + ((pr.x + pr.y) + (pr.z + pr.w));
+            for (var i = 0u; i < ROW; i++) {
+                acc[i] = acc[i] * alpha + pr.x * v_cache[row.x + i] + pr.y * v_cache[row.y + i]
+                         + pr.z * v_cache[row.z + i] + pr.w * v_cache[row.w + i];
+            }
+            m = m_new;
+        }
+        if (n_chunks == 1u) {
+            let inv = 1.0 / l;
+            for (var i = 0u; i < D4; i++) {
+                let o = acc[i] * inv;
+                out[ob + 4u * i] = o.x;
+                out[ob + 4u * i + 1u] = o.y;
+                out[ob + 4u * i + 2u] = o.z;
+                out[ob + 4u * i + 3u] = o.w;
+            }
+        } else {
+            let r = (rec + c) * (D4 + 1u);
+            part[r] = vec4<f32>(m, l, 0.0, 0.0);
+            for (var i = 0u; i < D4; i++) {
+                part[r + 1u + i] = acc[i];
+            }
+        }
     }
 }
