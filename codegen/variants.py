@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from realm_web.kernels.attention import attn_groups
 from realm_web.kernels.matmul import BATCH_FUSED, BATCH_TN, ROWS_K_MULTIPLE, batch_rows
 from realm_web.quants import COMPUTE_TYPES
 
@@ -57,8 +58,10 @@ def variants() -> list[Variant]:
         sfx = "_f16" if kv == "f16" else ""
         out.append(Variant(f"kv_write{sfx}", "kv_write.wgsl.j2", {"f16": kv == "f16"}))
         for d in HEAD_DIMS:
-            params = {"head_dim": d, "f16": kv == "f16"}
-            out.append(Variant(f"flash_attn_hd{d}_causal{sfx}", "flash_attn.wgsl.j2", params))
+            for g in attn_groups(d):
+                params = {"head_dim": d, "f16": kv == "f16", "group": g}
+                name = f"flash_attn_hd{d}_causal{sfx}" + (f"_g{g}" if g > 1 else "")
+                out.append(Variant(name, "flash_attn.wgsl.j2", params))
     out.append(Variant("flash_attn_combine", "flash_attn_combine.wgsl.j2"))
     out.append(Variant("swiglu", "swiglu.wgsl.j2"))
     for stage in ("shrink", "expand"):

@@ -62,7 +62,7 @@ def cache_values(rng, shape, kv_type):
         return rng.standard_normal(shape).astype(np.float16 if kv_type == "f16" else np.float32)
 
 
-def run_attn(dev, rng, q, k_cache, v_cache, tok, n_head, n_head_kv, scale=None, bs=16, chunk=None):
+def run_attn(dev, rng, q, k_cache, v_cache, tok, n_head, n_head_kv, scale=None, bs=16, chunk=None, group=None):
     """flash_attn over the caches (float16 arrays: an f16 cache) scattered into a shuffled pool."""
     n_tok, _, hd = q.shape
     scale = hd**-0.5 if scale is None else scale
@@ -71,15 +71,15 @@ def run_attn(dev, rng, q, k_cache, v_cache, tok, n_head, n_head_kv, scale=None, 
     bufs = [upload_array(dev, a) for a in (q, kp, vp, tok, table)]
     kv_type = "f16" if k_cache.dtype == np.float16 else "f32"
     dev.submit(flash_attn(dev, *bufs, ob, n_tok, n_head, n_head_kv, hd, bs, table.shape[1], scale, kv_type=kv_type,
-                          chunk=chunk))  # fmt: skip
+                          chunk=chunk, group=group))  # fmt: skip
     return read_f32(dev, ob, q.size).reshape(q.shape)
 
 
-def check(dev, rng, tok, n_seq, n_ctx, n_head, n_head_kv, hd, scale=None, kv_type="f32", chunk=None):
+def check(dev, rng, tok, n_seq, n_ctx, n_head, n_head_kv, hd, scale=None, kv_type="f32", chunk=None, group=None):
     tok = np.asarray(tok, dtype=np.uint32)
     q = rng.standard_normal((len(tok), n_head, hd)).astype(np.float32)
     k_cache, v_cache = (cache_values(rng, (n_seq, n_ctx, n_head_kv, hd), kv_type) for _ in range(2))
-    got = run_attn(dev, rng, q, k_cache, v_cache, tok, n_head, n_head_kv, scale, chunk=chunk)
+    got = run_attn(dev, rng, q, k_cache, v_cache, tok, n_head, n_head_kv, scale, chunk=chunk, group=group)
     ref, mag = reference(q, k_cache, v_cache, tok, n_head, n_head_kv, hd**-0.5 if scale is None else scale)
     err = np.abs(got - ref)
     assert (err <= TOL * mag).all(), f"hd {hd}: max err/bound {np.max(err / (TOL * mag)):.3g}"
@@ -113,11 +113,14 @@ def test_gqa_two_sequences(dev, rng, hd):
 
 
 @pytest.mark.parametrize("kv_type", ["f32", "f16"])
-@pytest.mark.parametrize("hd", HEAD_DIMS)
-def test_every_head_dim(dev, rng, hd, kv_type):
-    """Every rendered variant compiles and is right on a small GQA case, split in chunks of 32 keys."""
+@pytest.mark.parametrize(("hd", "group"), [(hd, g) for hd in HEAD_DIMS for g in attention.attn_groups(hd)])
+def test_every_head_dim(dev, rng, hd, kv_type, group):
+    """Every rendered variant (head dim, cache type, query heads per invocation) compiles and is right on a small
+    GQA case (two KV heads), split in chunks of 32 keys."""
     tok = [(0, 0), (70, 1), (33, 0)]
-    check(dev, rng, tok, n_seq=2, n_ctx=72, n_head=4, n_head_kv=2, hd=hd, scale=0.3, kv_type=kv_type, chunk=32)
+    n_head = 2 * group * (2 if group < 4 else 1)
+    check(dev, rng, tok, n_seq=2, n_ctx=72, n_head=n_head, n_head_kv=2, hd=hd, scale=0.3, kv_type=kv_type, chunk=32,
+          group=group)  # fmt: skip
 
 
 @pytest.mark.parametrize("kv_type", ["f32", "f16"])

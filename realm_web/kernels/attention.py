@@ -26,6 +26,16 @@ MIN_CHUNK = 256
 MAX_CHUNKS = 16
 CHUNK_ALIGN = 64
 SIDE_BY_SIDE = 4096
+# Query heads one flash_attn invocation attends for (all of one KV head): the variants rendered (codegen), those
+# whose group holds at most GROUP_WIDTH query elements (lavapipe took 30-150 s to compile head_dim 256 in groups of
+# 4 and 8, under a second for groups of GROUP_WIDTH).
+ATTN_GROUPS = (1, 2, 3, 4, 8)
+GROUP_WIDTH = 512
+
+
+def attn_groups(head_dim: int) -> tuple[int, ...]:
+    """The head groups flash_attn is rendered for at this head_dim."""
+    return tuple(g for g in ATTN_GROUPS if g == 1 or g * head_dim <= GROUP_WIDTH)
 
 
 def kv_type_bytes(kv_type: str) -> int:
@@ -33,6 +43,15 @@ def kv_type_bytes(kv_type: str) -> int:
     if kv_type not in KV_TYPES:
         raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
     return KV_TYPES[kv_type]
+
+
+def attn_group(dev: Device, n_head: int, n_head_kv: int, head_dim: int) -> int:
+    """Query heads per flash_attn invocation. On CPU adapters, whose lanes each gather their own key rows, the
+    largest of attn_groups(head_dim) dividing n_head / n_head_kv: one read of a key or value row serves them all.
+    On GPUs 1 (a group's queries and accumulators would crowd the registers)."""
+    if dev.info.adapter_type != "CPU":
+        return 1
+    return max(g for g in attn_groups(head_dim) if (n_head // n_head_kv) % g == 0)
 
 
 def split_chunk(n_ctx: int) -> int:
@@ -145,6 +164,7 @@ def flash_attn(
     kv_type: str = "f32",
     chunk: int | None = None,
     part: Buffer | None = None,
+    group: int | None = None,
     q_stride: int | None = None,
     out_stride: int | None = None,
 ) -> list[Dispatch]:
@@ -159,15 +179,19 @@ def flash_attn(
     through `part` (partials_bytes of this step; made here when not given: a step's dispatches may share one).
     How many chunks a token has depends on its position alone, never on the step, so its result is the same bit
     for bit whatever it is batched with; the step's shape only decides how many chunks run side by side.
+    `group`: query heads per invocation (default attn_group's choice for the device).
     """
     kv_bytes = kv_type_bytes(kv_type)
-    name = f"flash_attn_hd{head_dim}_causal" + ("_f16" if kv_bytes == 2 else "")
+    if n_head % n_head_kv:
+        raise ValueError(f"n_head={n_head} is not a multiple of n_head_kv={n_head_kv}")
+    group = attn_group(dev, n_head, n_head_kv, head_dim) if group is None else group
+    if group not in attn_groups(head_dim) or (n_head // n_head_kv) % group:
+        raise ValueError(f"group={group} must be one of {attn_groups(head_dim)} and divide n_head / n_head_kv")
+    name = f"flash_attn_hd{head_dim}_causal" + ("_f16" if kv_bytes == 2 else "") + (f"_g{group}" if group > 1 else "")
     try:
         wgsl(name)
     except FileNotFoundError:
         raise ValueError(f"no flash_attn kernel for head_dim {head_dim} (codegen/variants.py HEAD_DIMS)") from None
-    if n_head % n_head_kv:
-        raise ValueError(f"n_head={n_head} is not a multiple of n_head_kv={n_head_kv}")
     q_stride = n_head * head_dim if q_stride is None else q_stride
     out_stride = n_head * head_dim if out_stride is None else out_stride
     if q_stride % 4:
@@ -182,7 +206,7 @@ def flash_attn(
     elif part.size < need:
         raise ValueError(f"part holds {part.size} bytes, the step's partial records need {need}")
     slots = max(1, min(max_chunks, SIDE_BY_SIDE // (n_tok * n_head)))
-    lanes = n_tok * n_head * slots
+    lanes = n_tok * n_head // group * slots
     # CPU adapters run a workgroup on one thread: small grids get small workgroups, so both cores get some
     wg = pow2_at_most(8 if dev.info.adapter_type == "CPU" and lanes < 64 * 16 else 64, dev.info.max_invocations)
     gx, gy = fold(-(-lanes // wg), dev.info.max_workgroups_per_dim)

@@ -28,6 +28,7 @@ override WG: u32 = 64u;  // invocations per workgroup: a power of two <= 256 (no
 
 const D: u32 = 32u;  // head_dim
 const D4: u32 = 8u;
+const G: u32 = 1u;  // query heads per invocation, all of one KV head (divides n_head / n_head_kv)
 const NEG_BIG: f32 = -3.0e38;  // stands in for -inf: WGSL implementations may assume no infinities
 const ROW: u32 = 4u;  // vec4<u32> per head row (8 halves each)
 
@@ -40,9 +41,10 @@ fn halves(w: vec4<u32>) -> array<vec4<f32>, 2> {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let e = (wid.x + wid.y * p.groups_x) * WG + t;
-    let h = e % p.n_head;
-    let c0 = (e / p.n_head) % p.slots;
-    let n = e / p.n_head / p.slots;
+    let n_groups = p.n_head / G;  // head groups per token
+    let h0 = (e % n_groups) * G;  // first query head of this invocation's group
+    let c0 = (e / n_groups) % p.slots;
+    let n = e / n_groups / p.slots;
     if (n >= p.n_tok) {
         return;
     }
@@ -50,75 +52,100 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let seq = tok[2u * n + 1u];
     let n_keys = select(pos + 1u, 0u, pos == 0xffffffffu);
     let n_chunks = (n_keys + p.chunk - 1u) / p.chunk;
-    let ob = n * p.out_stride + h * D;
+    let ob = n * p.out_stride + h0 * D;  // the group's heads are contiguous in out (and in q)
     if (n_keys == 0u) {  // padding
         if (c0 == 0u) {
-            for (var d = 0u; d < D; d++) {
+            for (var d = 0u; d < G * D; d++) {
                 out[ob + d] = 0.0;
             }
         }
         return;
     }
-    let hkv = h / (p.n_head / p.n_head_kv);
+    let hkv = h0 / (p.n_head / p.n_head_kv);
     let tb = seq * p.max_blocks;  // this slot's block table
-    let pos_row = p.n_head_kv * ROW;  // vec4 per cache position
-    var qv: array<vec4<f32>, D4>;
-    let qb = (n * p.q_stride + h * D) / 4u;
-    for (var i = 0u; i < D4; i++) {
+    var qv: array<vec4<f32>, G * D4>;  // [G][D4]
+    let qb = (n * p.q_stride + h0 * D) / 4u;
+    for (var i = 0u; i < G * D4; i++) {
         qv[i] = q[qb + i];
     }
-    let rec = (n * p.n_head + h) * p.max_chunks;  // this (token, head)'s first partial record
 
     for (var c = c0; c < n_chunks; c += p.slots) {
         let j1 = min((c + 1u) * p.chunk, n_keys);
-        var m = NEG_BIG;  // running max of the scores
-        var l = 0.0;      // running sum of exp(score - m)
-        var acc: array<vec4<f32>, D4>;  // running sum of exp(score - m) · v (zero-initialized)
+        // Explicit initial values: a `var` declared in a loop is not reliably re-zeroed on each iteration
+        // (seen on naga + lavapipe).
+        var m: array<f32, G>;  // running max of each head's scores
+        var l: array<f32, G>;  // running sum of exp(score - m)
+        var acc: array<vec4<f32>, G * D4>;  // running sum of exp(score - m) · v
+        for (var g = 0u; g < G; g++) {
+            m[g] = NEG_BIG;
+            l[g] = 0.0;
+        }
+        for (var i = 0u; i < G * D4; i++) {
+            acc[i] = vec4<f32>(0.0);
+        }
         for (var j = c * p.chunk; j < j1; j += 4u) {
             // keys j..j+3 (those past j1 masked: their row is key j1 - 1's, their score NEG_BIG)
             var row: vec4<u32>;
-            var s: vec4<f32>;
+            var sc: array<f32, 4 * G>;  // [G][4] scores (built into vec4s below: no dynamic vector stores)
             for (var u = 0u; u < 4u; u++) {
                 let jj = min(j + u, j1 - 1u);
                 row[u] = ((table[tb + jj / p.block_size] * p.block_size + jj % p.block_size) * p.n_head_kv + hkv)
                          * ROW;
-                var qk = vec4<f32>(0.0);
-                for (var i = 0u; i < ROW; i++) {
-                    let kk = halves(k_cache[row[u] + i]);
-                    qk += qv[2u * i] * kk[0] + qv[2u * i + 1u] * kk[1];
+                var qk: array<vec4<f32>, G>;
+                for (var g = 0u; g < G; g++) {
+                    qk[g] = vec4<f32>(0.0);
                 }
-                s[u] = select(NEG_BIG, p.scale * (qk.x + qk.y + qk.z + qk.w), j + u < j1);
+                for (var i = 0u; i < ROW; i++) {
+                    let kk = halves(k_cache[row[u] + i]);  // read once for the G heads
+                    for (var g = 0u; g < G; g++) {
+                        qk[g] += qv[g * D4 + 2u * i] * kk[0] + qv[g * D4 + 2u * i + 1u] * kk[1];
+                    }
+                }
+                for (var g = 0u; g < G; g++) {
+                    sc[4u * g + u] = select(NEG_BIG, p.scale * (qk[g].x + qk[g].y + qk[g].z + qk[g].w), j + u < j1);
+                }
             }
-            let m_new = max(m, max(max(s.x, s.y), max(s.z, s.w)));
-            let alpha = exp(m - m_new);  // rescales what was summed under the old max
-            let pr = exp(s - vec4<f32>(m_new));  // 0 for masked keys
-            l = l * alpha + ((pr.x + pr.y) + (pr.z + pr.w));
+            var alpha: array<f32, G>;  // rescales what was summed under the old max
+            var pr: array<vec4<f32>, G>;  // exp(score - new max): 0 for masked keys
+            for (var g = 0u; g < G; g++) {
+                let s = vec4<f32>(sc[4u * g], sc[4u * g + 1u], sc[4u * g + 2u], sc[4u * g + 3u]);
+                let m_new = max(m[g], max(max(s.x, s.y), max(s.z, s.w)));
+                alpha[g] = exp(m[g] - m_new);
+                pr[g] = exp(s - vec4<f32>(m_new));
+                l[g] = l[g] * alpha[g] + ((pr[g].x + pr[g].y) + (pr[g].z + pr[g].w));
+                m[g] = m_new;
+            }
             for (var i = 0u; i < ROW; i++) {
                 let v0 = halves(v_cache[row.x + i]);
                 let v1 = halves(v_cache[row.y + i]);
                 let v2 = halves(v_cache[row.z + i]);
                 let v3 = halves(v_cache[row.w + i]);
-                for (var hf = 0u; hf < 2u; hf++) {
-                    let a = 2u * i + hf;
-                    acc[a] = acc[a] * alpha + pr.x * v0[hf] + pr.y * v1[hf] + pr.z * v2[hf] + pr.w * v3[hf];
+                for (var g = 0u; g < G; g++) {
+                    for (var hf = 0u; hf < 2u; hf++) {
+                        let a = g * D4 + 2u * i + hf;
+                        acc[a] = acc[a] * alpha[g] + pr[g].x * v0[hf] + pr[g].y * v1[hf] + pr[g].z * v2[hf]
+                                 + pr[g].w * v3[hf];
+                    }
                 }
             }
-            m = m_new;
         }
-        if (n_chunks == 1u) {
-            let inv = 1.0 / l;
-            for (var i = 0u; i < D4; i++) {
-                let o = acc[i] * inv;
-                out[ob + 4u * i] = o.x;
-                out[ob + 4u * i + 1u] = o.y;
-                out[ob + 4u * i + 2u] = o.z;
-                out[ob + 4u * i + 3u] = o.w;
-            }
-        } else {
-            let r = (rec + c) * (D4 + 1u);
-            part[r] = vec4<f32>(m, l, 0.0, 0.0);
-            for (var i = 0u; i < D4; i++) {
-                part[r + 1u + i] = acc[i];
+        for (var g = 0u; g < G; g++) {
+            if (n_chunks == 1u) {
+                let inv = 1.0 / l[g];
+                for (var i = 0u; i < D4; i++) {
+                    let o = acc[g * D4 + i] * inv;
+                    let d = ob + g * D + 4u * i;
+                    out[d] = o.x;
+                    out[d + 1u] = o.y;
+                    out[d + 2u] = o.z;
+                    out[d + 3u] = o.w;
+                }
+            } else {
+                let r = ((n * p.n_head + h0 + g) * p.max_chunks + c) * (D4 + 1u);
+                part[r] = vec4<f32>(m[g], l[g], 0.0, 0.0);
+                for (var i = 0u; i < D4; i++) {
+                    part[r + 1u + i] = acc[g * D4 + i];
+                }
             }
         }
     }
