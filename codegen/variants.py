@@ -63,6 +63,10 @@ def variants() -> list[Variant]:
                 name = f"flash_attn_hd{d}_causal{sfx}" + (f"_g{g}" if g > 1 else "")
                 out.append(Variant(name, "flash_attn.wgsl.j2", params))
     out.append(Variant("flash_attn_combine", "flash_attn_combine.wgsl.j2"))
+    for neox in (False, True):
+        for kv in KV_TYPES:
+            name = f"rope_{'neox' if neox else 'norm'}_kv_write" + ("_f16" if kv == "f16" else "")
+            out.append(Variant(name, "rope_kv_write.wgsl.j2", {"neox": neox, "f16": kv == "f16"}))
     out.append(Variant("swiglu", "swiglu.wgsl.j2"))
     for stage in ("shrink", "expand"):
         out.append(Variant(f"lora_{stage}", "lora.wgsl.j2", {"stage": stage}))

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 from realm_web.config import Config
 from realm_web.device import Buffer, Device, Dispatch
-from realm_web.kernels.attention import flash_attn, kv_write, partials_bytes, split_chunk
+from realm_web.kernels.attention import flash_attn, partials_bytes, split_chunk
 from realm_web.kernels.elementwise import add, swiglu
 from realm_web.kernels.matmul import get_rows, matmul_batch
 from realm_web.kernels.norm import rms_norm
-from realm_web.kernels.rope import rope
+from realm_web.kernels.rope import rope_kv_write
 from realm_web.kv_cache import PagedKVCache
 from realm_web.lora import LoraPool
 from realm_web.quants import BY_NAME
@@ -130,11 +130,11 @@ class Transformer:
             bias = self.vec.get(p + proj + ".bias")
             if bias is not None:
                 ds.append(add(dev, out, bias, out, n * width, width=width))
-        for t, heads in ((self.q, c.n_head), (self.k, c.n_head_kv)):
-            ds.append(rope(dev, t, inp.tok, n, heads, c.head_dim, n_rot=c.n_rot, freq_base=c.rope_base,
-                           freq_scale=c.rope_freq_scale, neox=c.rope_neox))  # fmt: skip
-        ds.append(kv_write(dev, self.k, self.v, inp.tok, kv.table, kv.k[i], kv.v[i], n, c.n_head_kv, c.head_dim,
-                           kv.block_size, kv.max_blocks, kv_type=kv.kv_type))  # fmt: skip
+        # RoPE of q and k and the KV-cache write in one dispatch (k is rotated into the cache only)
+        ds.append(rope_kv_write(dev, self.q, self.k, self.v, inp.tok, kv.table, kv.k[i], kv.v[i], n, c.n_head,
+                                c.n_head_kv, c.head_dim, kv.block_size, kv.max_blocks, n_rot=c.n_rot,
+                                freq_base=c.rope_base, freq_scale=c.rope_freq_scale, neox=c.rope_neox,
+                                kv_type=kv.kv_type))  # fmt: skip
         ds += flash_attn(dev, self.q, kv.k[i], kv.v[i], inp.tok, kv.table, self.attn, n, c.n_head, c.n_head_kv,
                          c.head_dim, kv.block_size, kv.max_blocks, 1.0 / math.sqrt(c.head_dim), kv_type=kv.kv_type,
                          chunk=self.attn_chunk, part=self.attn_part)  # fmt: skip
