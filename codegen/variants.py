@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from realm_web.kernels.attention import attn_groups
 from realm_web.kernels.matmul import BATCH_FUSED, BATCH_TN, ROWS_K_MULTIPLE, batch_rows
 from realm_web.quants import COMPUTE_TYPES
 
 FLOAT_TYPES = ("F32", "F16", "BF16")  # rows may be any length: units past K read as zero
 # quant snippets with a fused dot_block (matvec_rows uses it instead of dequant_unit)
 DOT_BLOCK = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-HEAD_DIMS = (32, 64, 80, 96, 112, 128, 256)
+HEAD_DIMS = (32, 64, 80, 96, 112, 128, 256)  # multiples of 8: an f16 head row is whole vec4<u32>s
+KV_TYPES = ("f32", "f16")
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,19 @@ def variants() -> list[Variant]:
         out.append(Variant(f"softmax{suffix}", "softmax.wgsl.j2", {"subgroups": sg}))
     out.append(Variant("rope_norm", "rope.wgsl.j2", {"neox": False}))
     out.append(Variant("rope_neox", "rope.wgsl.j2", {"neox": True}))
-    out.append(Variant("kv_write", "kv_write.wgsl.j2"))
-    for d in HEAD_DIMS:
-        out.append(Variant(f"flash_attn_hd{d}_causal", "flash_attn.wgsl.j2", {"head_dim": d}))
+    for kv in KV_TYPES:  # the KV cache's element type: f32, or f16 packed two to a u32
+        sfx = "_f16" if kv == "f16" else ""
+        out.append(Variant(f"kv_write{sfx}", "kv_write.wgsl.j2", {"f16": kv == "f16"}))
+        for d in HEAD_DIMS:
+            for g in attn_groups(d):
+                params = {"head_dim": d, "f16": kv == "f16", "group": g}
+                name = f"flash_attn_hd{d}_causal{sfx}" + (f"_g{g}" if g > 1 else "")
+                out.append(Variant(name, "flash_attn.wgsl.j2", params))
+    out.append(Variant("flash_attn_combine", "flash_attn_combine.wgsl.j2"))
+    for neox in (False, True):
+        for kv in KV_TYPES:
+            name = f"rope_{'neox' if neox else 'norm'}_kv_write" + ("_f16" if kv == "f16" else "")
+            out.append(Variant(name, "rope_kv_write.wgsl.j2", {"neox": neox, "f16": kv == "f16"}))
     out.append(Variant("swiglu", "swiglu.wgsl.j2"))
     for stage in ("shrink", "expand"):
         out.append(Variant(f"lora_{stage}", "lora.wgsl.j2", {"stage": stage}))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from realm_web.device import Device
 from realm_web.kernels import build, fold, u32s
+from realm_web.kernels.attention import kv_type_bytes
 from realm_web.kernels.matmul import matvec
 from realm_web.quants import BY_NAME, COMPUTE_TYPES, SCALE_FIELDS
 from realm_web.weights import upload_bytes
@@ -145,15 +146,16 @@ def bench_model(model, n_prompt: int = 64, n_gen: int = 64, load_s: float = 0.0,
 
 def decode_bytes(model, pos: int) -> int:
     """Bytes a decode step at position `pos` must read: every weight matrix once (the embedding table only
-    its one row, unless it is also the output head), norms and biases, and the K and V caches up to `pos`
-    (f32). Decode tok/s × this is the achieved bandwidth that the roofline compares with copy bandwidth."""
+    its one row, unless it is also the output head), norms and biases, and the K and V caches up to `pos` (at
+    the cache's element size). Decode tok/s × this is the achieved bandwidth the roofline compares with copy
+    bandwidth."""
     t, c = model.transformer, model.config
     total = 0
     for name, w in t.w.items():
         embd_only = name == "token_embd.weight" and not c.tied_output
         total += w.row_bytes if embd_only else w.row_bytes * w.n_rows
     total += sum(b.size for b in t.vec.values())
-    return total + 2 * c.n_layer * (pos + 1) * c.kv_dim * 4
+    return total + 2 * c.n_layer * (pos + 1) * c.kv_dim * kv_type_bytes(model.engine.kv.kv_type)
 
 
 def bench_batched(model, n_streams: int, n_prompt: int = 16, n_gen: int = 32, lora: list | None = None) -> dict:

@@ -71,6 +71,8 @@ def _load(args: argparse.Namespace):
 
     path = args.model or bundled_model()
     opts = {"n_ctx": args.ctx} if getattr(args, "ctx", None) else {}
+    if getattr(args, "kv_type", None):
+        opts["kv_type"] = args.kv_type
     if getattr(args, "streams", None):  # bench --streams: room for the most streams at once
         opts["n_parallel"] = max(args.streams)
     if getattr(args, "chat_template", None):
@@ -271,12 +273,19 @@ def _serve(args: argparse.Namespace) -> int:
         options["n_ctx"] = args.ctx
     if args.kv_cache_tokens:
         options["kv_cache_tokens"] = args.kv_cache_tokens
+    if args.kv_type:
+        options["kv_type"] = args.kv_type
     options.update(_spec_options(args))
     loras = []
     for spec in args.lora or []:
         name, sep, path = spec.partition("=")
         loras.append((name, path) if sep and name and path else (os.path.splitext(os.path.basename(spec))[0], spec))
     return serve(args.host, args.port, args.model or [], open_browser=args.open, loras=loras, **options)
+
+
+def _kv_type_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kv-type", choices=["f16", "f32"],
+                   help="KV cache element type (default f16: half the memory; f32: exact keys and values)")  # fmt: skip
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -305,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--chat-template", help="built-in template name (chatml, llama2, llama3, alpaca) or Jinja text")
     r.add_argument("-c", "--ctx", "--ctx-size", dest="ctx", type=int,
                    help="context length (default: the model's, at most 4096)")  # fmt: skip
+    _kv_type_flag(r)
     _sampling_flags(r)
     _spec_flags(r)
     _lora_flags(r)
@@ -323,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--streams", type=lambda v: [int(x) for x in v.split(",")], metavar="N,N,...",
                    help="aggregate decode tok/s of N concurrent streams (batched), e.g. 1,2,4,8")  # fmt: skip
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    _kv_type_flag(b)
     _spec_flags(b)  # with --draft or --lookup: decode with and without drafts, acceptance
     _lora_flags(b)
     b.set_defaults(func=_bench)
@@ -344,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--n-parallel", "-np", type=int, default=8, help="sequences decoded together per model (default 8)")
     s.add_argument("-c", "--ctx-size", dest="ctx", type=int, help="context length (default: the model's, at most 4096)")
     s.add_argument("--kv-cache-tokens", type=int, help="paged KV pool size in tokens (default: n-parallel contexts)")
+    _kv_type_flag(s)
     s.add_argument("--rate-limit", type=int, metavar="RPM", help="requests per minute per key (default: no limit)")
     s.add_argument("--max-concurrent", type=int, metavar="N", help="requests in flight per key (default: no limit)")
     s.add_argument("--max-body", type=int, default=4 << 20, metavar="BYTES", help="request body limit (default 4 MiB)")

@@ -5,8 +5,8 @@ blocks are reference-counted; a full block is keyed by a hash chained over every
 the block's tokens, salted per tenant), so a new sequence reuses the blocks of its longest cached prefix. Blocks
 nobody references stay cached in the free queue, which doubles as the LRU: allocation takes the least recently
 freed block and forgets its hash. `PagedKVCache` is the GPU side: per layer, K and V pools
-[n_blocks][block_size][kv_dim] f32, and the block table [n_slots][max_blocks] u32 that kv_write and flash_attn
-read (a sequence slot's row lists its blocks in order).
+[n_blocks][block_size][kv_dim] of `kv_type` (f16, packed two to a u32, by default; or f32), and the block table
+[n_slots][max_blocks] u32 that kv_write and flash_attn read (a sequence slot's row lists its blocks in order).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from realm_web.device import Buffer, Device
 from realm_web.errors import RealmError
+from realm_web.kernels.attention import kv_type_bytes
 
 
 def block_hash(parent: bytes | None, tokens: Seq[int], salt: str | None = None) -> bytes:
@@ -173,12 +174,14 @@ class PagedKVCache:
     """The pool on the GPU (per layer K and V) and the block table, with the BlockManager that assigns it."""
 
     def __init__(self, dev: Device, n_layer: int, kv_dim: int, n_blocks: int, block_size: int, n_slots: int,
-                 max_blocks: int, beside: PagedKVCache | None = None):  # fmt: skip
+                 max_blocks: int, beside: PagedKVCache | None = None, kv_type: str = "f16"):  # fmt: skip
         """`beside`: share that cache's block manager and block table (a draft model's KV: its pools mirror the
-        target's blocks, so one allocation serves both)."""
+        target's blocks, so one allocation serves both). `kv_type`: "f16" (IEEE halves packed two to a u32: half the
+        memory and attention's reads; logits within ~1e-4 relative RMS of f32's on our models) or "f32"."""
         self.dev, self.block_size, self.n_slots, self.max_blocks = dev, block_size, n_slots, max_blocks
+        self.kv_type = kv_type
         self.manager = beside.manager if beside is not None else BlockManager(n_blocks, block_size)
-        pool = 4 * n_blocks * block_size * kv_dim
+        pool = kv_type_bytes(kv_type) * n_blocks * block_size * kv_dim
         if pool > min(dev.info.max_storage_binding, dev.info.max_buffer):
             raise RealmError(
                 f"a KV pool of {n_blocks} blocks x {block_size} tokens needs {pool} bytes per layer, more than one "

@@ -20,6 +20,7 @@ from realm_web.device import Buffer, Device, get_device
 from realm_web.engine import Engine
 from realm_web.errors import DeviceError, OutOfMemoryError, RealmError
 from realm_web.gguf import GGUFFile, open_gguf
+from realm_web.kernels.attention import KV_TYPES
 from realm_web.kv_cache import PagedKVCache
 from realm_web.lora import Adapter, Adapters, LoraError, LoraPool, read_adapter
 from realm_web.sampling import SamplingParams
@@ -87,6 +88,7 @@ class Model:
         n_parallel: int = 4,
         kv_cache_tokens: int | None = None,
         block_size: int = 16,
+        kv_type: str = "f16",
         max_batch: int = 64,
         prefix_caching: bool = True,
         chat_template: str | None = None,
@@ -111,7 +113,8 @@ class Model:
         (the lookup's n-gram); `draft_greedy` drafts greedily even for sampling requests (llama.cpp's way).
         LoRA: `lora` adapters (paths, URLs or opened GGUFs, each maybe as (adapter, scale)) are loaded and used by
         every request that names none; `max_loras` adapters may be loaded at once (0: no LoRA support), of rank up
-        to `max_lora_rank` (default: the largest of `lora`'s, at least 16)."""
+        to `max_lora_rank` (default: the largest of `lora`'s, at least 16). `kv_type`: the KV cache's element type,
+        "f16" (half the memory; logits within ~1e-4 relative RMS of f32's) or "f32"."""
         if n_parallel < 1 or block_size < 1 or max_batch < 1:
             raise RealmError(
                 f"n_parallel, block_size and max_batch must be >= 1: {n_parallel}, {block_size}, {max_batch}"
@@ -123,6 +126,9 @@ class Model:
         self.device = dev = device or get_device()
         self.n_ctx = min(n_ctx or min(cfg.n_ctx_train, 4096), cfg.n_ctx_train)
         self.n_parallel = n_parallel
+        self.kv_type = kv_type
+        if kv_type not in KV_TYPES:
+            raise RealmError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
         spec = None
         if draft_model is not None or speculative is not None:
             mode = speculative or "draft"
@@ -168,7 +174,7 @@ class Model:
         """Blocks of the pool: `tokens` positions (default: n_parallel contexts of up to 1024 tokens, at least one
         whole context), as many as one binding of the device holds when no number is given."""
         c, info = self.config, self.device.info
-        per_token = 4 * c.kv_dim  # bytes per position per layer in K (and in V)
+        per_token = KV_TYPES[self.kv_type] * c.kv_dim  # bytes per position per layer in K (and in V)
         fit = min(info.max_storage_binding, info.max_buffer) // per_token // block_size * block_size
         if tokens is None:
             tokens = min(max(self.n_ctx, self.n_parallel * min(self.n_ctx, 1024)), fit)
@@ -177,7 +183,8 @@ class Model:
     def _kv_cache(self, n_blocks: int, block_size: int) -> PagedKVCache:
         c = self.config
         max_blocks = -(-self.n_ctx // block_size)
-        return PagedKVCache(self.device, c.n_layer, c.kv_dim, n_blocks, block_size, self.n_parallel, max_blocks)
+        return PagedKVCache(self.device, c.n_layer, c.kv_dim, n_blocks, block_size, self.n_parallel, max_blocks,
+                            kv_type=self.kv_type)  # fmt: skip
 
     def _check_fits(self, gfs: list[GGUFFile], kv_tokens: int, batch: int) -> None:
         """Before anything is uploaded: every matrix row fits one storage binding, and the estimated total fits
@@ -194,8 +201,8 @@ class Model:
             return
         from realm_web.registry import gpu_memory_parts  # (lazily: `python -m realm_web.registry` runs that module)
 
-        parts = [gpu_memory_parts(gf, Config.from_gguf(gf), kv_tokens if i == 0 else 0, batch)
-                 for i, gf in enumerate(gfs)]  # fmt: skip
+        # a draft model's KV pools hold as many positions as the target's (the same blocks: DraftModel)
+        parts = [gpu_memory_parts(gf, Config.from_gguf(gf), kv_tokens, batch, self.kv_type) for gf in gfs]
         need = sum(sum(p.values()) for p in parts)
         if need > info.memory:
             p = parts[0]
@@ -655,11 +662,12 @@ class TextStream:
 def load(path_or_url: str, *, progress: Callable[[int, int], None] | None = None, **options: Any) -> Model:
     """Load a GGUF model from a path or http(s) URL onto the GPU. Options: device, n_ctx, n_parallel (the most
     sequences decoded together, default 4), kv_cache_tokens (the paged KV pool's size in tokens), block_size
-    (tokens per KV block, 16), max_batch (tokens per step: the chunk a prompt is prefilled in), prefix_caching
-    (True), chat_template (a built-in name or Jinja source), max_binding (force weight splitting), chunk_bytes;
-    speculative decoding: draft_model (path or URL), or speculative="ngram", with draft_max (16), draft_min (0),
-    draft_p_min (0.8), ngram_n (3), draft_greedy (False); LoRA: lora (adapters used by default: paths or URLs,
-    each maybe as (path, scale)), max_loras (4), max_lora_rank."""
+    (tokens per KV block, 16), kv_type (the KV cache's element type: "f16", the default, or "f32"), max_batch
+    (tokens per step: the chunk a prompt is prefilled in), prefix_caching (True), chat_template (a built-in name or
+    Jinja source), max_binding (force weight splitting), chunk_bytes; speculative decoding: draft_model (path or
+    URL), or speculative="ngram", with draft_max (16), draft_min (0), draft_p_min (0.8), ngram_n (3), draft_greedy
+    (False); LoRA: lora (adapters used by default: paths or URLs, each maybe as (path, scale)), max_loras (4),
+    max_lora_rank."""
     return Model(open_gguf(path_or_url), progress=progress, **options)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from realm_web.config import Config
 from realm_web.gguf import GGUFFile, open_gguf
+from realm_web.kernels.attention import kv_type_bytes, partials_bytes, split_chunk
 
 HASH_CHUNK = 1 << 20
 MAX_BATCH = 64  # Transformer's default max_batch: the activation buffers scale with it
@@ -46,17 +47,21 @@ def main_quant(gf: GGUFFile) -> str:
     return min(by_bytes, key=lambda name: (-by_bytes[name], name)) if by_bytes else "F32"
 
 
-def gpu_memory_parts(gf: GGUFFile, cfg: Config, kv_tokens: int, max_batch: int = MAX_BATCH) -> dict[str, int]:
-    """Bytes of GPU memory a model needs, by part: its weights, a KV cache of `kv_tokens` positions, and the
-    activation buffers of a step of `max_batch` tokens. A planning figure, not a promise."""
+def gpu_memory_parts(gf: GGUFFile, cfg: Config, kv_tokens: int, max_batch: int = MAX_BATCH,
+                     kv_type: str = "f16") -> dict[str, int]:  # fmt: skip
+    """Bytes of GPU memory a model needs, by part: its weights, a KV cache of `kv_tokens` positions of `kv_type`
+    ("f16" or "f32"), and the activation buffers of a step of `max_batch` tokens. A planning figure, not a
+    promise."""
     # Weights: matrices stay in their file layout; norms and biases (1-D) are uploaded as f32.
     weights = sum(t.n_bytes if len(t.shape) >= 2 else 4 * t.n_elements for t in gf.tensors)
-    # KV cache: K and V per layer, [kv_tokens][n_head_kv * head_dim] f32 (kv_cache.py).
-    kv = 2 * cfg.n_layer * kv_tokens * cfg.kv_dim * 4
+    # KV cache: K and V per layer, [kv_tokens][n_head_kv * head_dim] of kv_type (kv_cache.py).
+    kv = 2 * cfg.n_layer * kv_tokens * cfg.kv_dim * kv_type_bytes(kv_type)
     # Activations: the step buffers of Transformer.__init__, all f32 —
-    # x, xn, xs: n_embd; q, attn: q_dim; k, v: kv_dim; gate, up, h: n_ff; logits: n_vocab; ids + tok: 12 bytes.
+    # x, xn, xs: n_embd; q, attn: q_dim; k, v: kv_dim; gate, up, h: n_ff; logits: n_vocab; ids + tok: 12 bytes;
+    # split-KV attention's partial records (per token and head, one per chunk of a context: kv_tokens at most).
     b = max_batch
     acts = 4 * b * (3 * cfg.n_embd + 2 * cfg.q_dim + 2 * cfg.kv_dim + 3 * cfg.n_ff + cfg.n_vocab) + 12 * b
+    acts += partials_bytes(b, cfg.n_head, cfg.head_dim, -(-kv_tokens // split_chunk(kv_tokens)))
     return {"weights": weights, "kv_cache": kv, "activations": acts}
 
 

@@ -109,7 +109,7 @@ class DraftModel:
         self.dev, self.cfg, self.spec, self.n_slots, self.target_vocab = dev, cfg, spec, n_slots, target_vocab
         self.is_eog = is_eog
         self.kv = PagedKVCache(dev, cfg.n_layer, cfg.kv_dim, target_kv.manager.n_blocks, target_kv.block_size,
-                               n_slots, target_kv.max_blocks, beside=target_kv)  # fmt: skip
+                               n_slots, target_kv.max_blocks, beside=target_kv, kv_type=target_kv.kv_type)  # fmt: skip
         self.t = Transformer(dev, cfg, weights, vectors, self.kv, max_batch=max_batch)
         self.q_vocab = cfg.n_vocab
         # q of every draft token: [n_slots][draft_max][n_vocab] f32 (written by the draft's sampler)

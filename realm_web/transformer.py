@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 from realm_web.config import Config
 from realm_web.device import Buffer, Device, Dispatch
-from realm_web.kernels.attention import flash_attn, kv_write
+from realm_web.kernels.attention import flash_attn, partials_bytes, split_chunk
 from realm_web.kernels.elementwise import add, swiglu
 from realm_web.kernels.matmul import get_rows, matmul_batch
 from realm_web.kernels.norm import rms_norm
-from realm_web.kernels.rope import rope
+from realm_web.kernels.rope import rope_kv_write
 from realm_web.kv_cache import PagedKVCache
 from realm_web.lora import LoraPool
 from realm_web.quants import BY_NAME
@@ -86,6 +86,10 @@ class Transformer:
         self.k = buf(4 * b * c.kv_dim, "k")  # [b, n_head_kv * head_dim]
         self.v = buf(4 * b * c.kv_dim, "v")
         self.attn = buf(4 * b * c.q_dim, "attn")  # [b, n_head * head_dim]
+        # split-KV attention: keys per chunk and the chunks' partial results (shared by the layers)
+        self.attn_chunk = split_chunk(kv.max_blocks * kv.block_size)
+        max_chunks = -(-kv.max_blocks * kv.block_size // self.attn_chunk)
+        self.attn_part = buf(partials_bytes(b, c.n_head, c.head_dim, max_chunks), "attn_part")
         self.gate = buf(4 * b * c.n_ff, "gate")  # [b, n_ff]
         self.up = buf(4 * b * c.n_ff, "up")
         self.h = buf(4 * b * c.n_ff, "h")
@@ -126,13 +130,14 @@ class Transformer:
             bias = self.vec.get(p + proj + ".bias")
             if bias is not None:
                 ds.append(add(dev, out, bias, out, n * width, width=width))
-        for t, heads in ((self.q, c.n_head), (self.k, c.n_head_kv)):
-            ds.append(rope(dev, t, inp.tok, n, heads, c.head_dim, n_rot=c.n_rot, freq_base=c.rope_base,
-                           freq_scale=c.rope_freq_scale, neox=c.rope_neox))  # fmt: skip
-        ds.append(kv_write(dev, self.k, self.v, inp.tok, kv.table, kv.k[i], kv.v[i], n, c.n_head_kv, c.head_dim,
-                           kv.block_size, kv.max_blocks))  # fmt: skip
-        ds.append(flash_attn(dev, self.q, kv.k[i], kv.v[i], inp.tok, kv.table, self.attn, n, c.n_head, c.n_head_kv,
-                             c.head_dim, kv.block_size, kv.max_blocks, 1.0 / math.sqrt(c.head_dim)))  # fmt: skip
+        # RoPE of q and k and the KV-cache write in one dispatch (k is rotated into the cache only)
+        ds.append(rope_kv_write(dev, self.q, self.k, self.v, inp.tok, kv.table, kv.k[i], kv.v[i], n, c.n_head,
+                                c.n_head_kv, c.head_dim, kv.block_size, kv.max_blocks, n_rot=c.n_rot,
+                                freq_base=c.rope_base, freq_scale=c.rope_freq_scale, neox=c.rope_neox,
+                                kv_type=kv.kv_type))  # fmt: skip
+        ds += flash_attn(dev, self.q, kv.k[i], kv.v[i], inp.tok, kv.table, self.attn, n, c.n_head, c.n_head_kv,
+                         c.head_dim, kv.block_size, kv.max_blocks, 1.0 / math.sqrt(c.head_dim), kv_type=kv.kv_type,
+                         chunk=self.attn_chunk, part=self.attn_part)  # fmt: skip
         # the block outputs go straight into the residual stream (epilogue "add": x += W·a, the add kernel's sum)
         ds += self._linear(p + "attn_output.weight", self.attn, self.x, n, lora, epilogue="add")
         ds.append(rms_norm(dev, self.x, self.vec[p + "ffn_norm.weight"], self.xn, n, c.n_embd, c.rms_eps))

@@ -32,7 +32,8 @@ def whole(model) -> None:
     """Every block is back in the free queue (cached ones included) and nothing is queued."""
     s, c = model.stats(), model.config
     assert s["kv_blocks_free"] == s["kv_blocks_total"] and s["running"] == 0 and s["waiting"] == 0, s
-    assert s["kv_cache_bytes"] == 2 * c.n_layer * s["kv_blocks_total"] * model.kv.block_size * c.kv_dim * 4
+    elem = {"f16": 2, "f32": 4}[model.kv.kv_type]
+    assert s["kv_cache_bytes"] == 2 * c.n_layer * s["kv_blocks_total"] * model.kv.block_size * c.kv_dim * elem
 
 
 def solo(model, prompt, **opts) -> str:

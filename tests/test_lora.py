@@ -403,7 +403,9 @@ def golden_base(request, dev):
     """A base of the goldens (the bundled Q8_0, and the F16 and Q4_K fixtures) with every adapter its cases use."""
     cases = _cases_by_base()[request.param]
     paths = sorted({a["path"] for c in cases for a in c["adapters"]})
-    model = realm_web.load(str(ROOT.parent / request.param), device=dev, n_ctx=128, n_parallel=4, max_loras=len(paths))
+    # f32 KV: TOL (1e-5 against an f32 reference) proves the LoRA math; the default f16 KV moves logits ~1e-4
+    model = realm_web.load(str(ROOT.parent / request.param), device=dev, n_ctx=128, n_parallel=4, max_loras=len(paths),
+                           kv_type="f32")  # fmt: skip
     names = {p: model.load_lora(str(ROOT.parent / p), Path(p).stem) for p in paths}
     yield model, cases, names
     model.close()

@@ -62,9 +62,10 @@ def expected_calls(m: realm_web.Model) -> dict[str, int]:
     c = m.config
     biases = sum(k.endswith(("attn_q.bias", "attn_k.bias", "attn_v.bias")) for k in m.transformer.vec)
     # get_rows twice: the embedding, and the gather of the rows whose logits are wanted
-    # the residual adds and SwiGLU run inside the attn_output / ffn_down / ffn_up products (their epilogues)
-    calls = {"matmul": 7 * c.n_layer + 1, "rms_norm": 2 * c.n_layer + 1, "rope": 2 * c.n_layer,
-             "kv_write": c.n_layer, "flash_attn": c.n_layer, "add": biases, "get_rows": 2, "sample": 1}  # fmt: skip
+    # the residual adds and SwiGLU run inside the attn_output / ffn_down / ffn_up products (their epilogues); rope:
+    # RoPE of q and k fused with the KV-cache write (rope_*_kv_write); flash_attn: one chunk at n_ctx 128
+    calls = {"matmul": 7 * c.n_layer + 1, "rms_norm": 2 * c.n_layer + 1, "rope": c.n_layer,
+             "flash_attn": c.n_layer, "add": biases, "get_rows": 2, "sample": 1}  # fmt: skip
     return {k: n for k, n in calls.items() if n}
 
 

@@ -7,6 +7,9 @@ struct Params {
     max_blocks: u32,  // entries per sequence slot in the block table
     q_stride: u32,    // f32 elements between consecutive tokens of q (a multiple of 4)
     out_stride: u32,  // f32 elements between consecutive tokens of out
+    chunk: u32,       // keys per chunk (a multiple of 4)
+    max_chunks: u32,  // partial records per (token, head) in part (>= chunks of the longest context)
+    slots: u32,       // chunks of one (token, head) computed side by side (1 ..= max_chunks)
     groups_x: u32,    // workgroups along grid x
     scale: f32,       // multiplies q·k (1/sqrt(head_dim) for most models)
 }
@@ -14,94 +17,127 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> tok: array<u32>;    // [n_tok][position in sequence, sequence slot]
 @group(0) @binding(5) var<storage, read> table: array<u32>;  // [n_slots][max_blocks] block ids
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+// [n_tok][n_head][max_chunks] records of D4 + 1 vec4: (m, l, 0, 0), then the unnormalized output
+@group(0) @binding(7) var<storage, read_write> part: array<vec4<f32>>;
 
-override WG: u32 = 64u;  // invocations per workgroup = keys per tile: a power of two <= 256
+override WG: u32 = 64u;  // invocations per workgroup: a power of two <= 256 (no effect on results)
 
 const D: u32 = 64u;  // head_dim
 const D4: u32 = 16u;
+const G: u32 = 1u;  // query heads per invocation, all of one KV head (divides n_head / n_head_kv)
 const NEG_BIG: f32 = -3.0e38;  // stands in for -inf: WGSL implementations may assume no infinities
-
-var<workgroup> q_s: array<vec4<f32>, D4>;  // this (token, head)'s query
-var<workgroup> acc: array<f32, D>;         // unnormalized output; dim d belongs to invocation d % WG
-var<workgroup> score: array<f32, 256>;     // [WG] scores of the current tile
-var<workgroup> prob: array<f32, 256>;      // [WG] exp(score - running max)
-var<workgroup> krow: array<u32, 256>;      // [WG] f32 element of each key's cache row (this kv head)
+const ROW: u32 = D4;  // vec4 per head row
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let item = wid.x + wid.y * p.groups_x;  // uniform across the workgroup
-    if (item >= p.n_tok * p.n_head) {
+    let e = (wid.x + wid.y * p.groups_x) * WG + t;
+    let n_groups = p.n_head / G;  // head groups per token
+    let h0 = (e % n_groups) * G;  // first query head of this invocation's group
+    let c0 = (e / n_groups) % p.slots;
+    let n = e / n_groups / p.slots;
+    if (n >= p.n_tok) {
         return;
     }
-    let n = item / p.n_head;
-    let h = item % p.n_head;
-    let hkv = h / (p.n_head / p.n_head_kv);
     let pos = tok[2u * n];
     let seq = tok[2u * n + 1u];
     let n_keys = select(pos + 1u, 0u, pos == 0xffffffffu);
-    let row = p.n_head_kv * D;  // f32 elements per cache position
+    let n_chunks = (n_keys + p.chunk - 1u) / p.chunk;
+    let ob = n * p.out_stride + h0 * D;  // the group's heads are contiguous in out (and in q)
+    if (n_keys == 0u) {  // padding
+        if (c0 == 0u) {
+            for (var d = 0u; d < G * D; d++) {
+                out[ob + d] = 0.0;
+            }
+        }
+        return;
+    }
+    let hkv = h0 / (p.n_head / p.n_head_kv);
     let tb = seq * p.max_blocks;  // this slot's block table
-
-    let qb = (n * p.q_stride + h * D) / 4u;
-    for (var i = t; i < D4; i += WG) {
-        q_s[i] = q[qb + i];
+    var qv: array<vec4<f32>, G * D4>;  // [G][D4]
+    let qb = (n * p.q_stride + h0 * D) / 4u;
+    for (var i = 0u; i < G * D4; i++) {
+        qv[i] = q[qb + i];
     }
-    for (var d = t; d < D; d += WG) {
-        acc[d] = 0.0;
-    }
-    workgroupBarrier();
 
-    var m = NEG_BIG;  // running max of the scores (the same value in every invocation)
-    var l = 0.0;      // running sum of exp(score - m)
-    for (var j0 = 0u; j0 < n_keys; j0 += WG) {
-        let len = min(WG, n_keys - j0);
-        var s = NEG_BIG;
-        if (t < len) {
-            let j = j0 + t;
-            let kr = (table[tb + j / p.block_size] * p.block_size + j % p.block_size) * row + hkv * D;
-            krow[t] = kr;
-            let kb = kr / 4u;
-            var qk = vec4<f32>(0.0);
-            for (var i = 0u; i < D4; i++) {
-                qk += q_s[i] * k_cache[kb + i];
+    for (var c = c0; c < n_chunks; c += p.slots) {
+        let j1 = min((c + 1u) * p.chunk, n_keys);
+        // Explicit initial values: a `var` declared in a loop is not reliably re-zeroed on each iteration
+        // (seen on naga + lavapipe).
+        var m: array<f32, G>;  // running max of each head's scores
+        var l: array<f32, G>;  // running sum of exp(score - m)
+        var acc: array<vec4<f32>, G * D4>;  // running sum of exp(score - m) · v
+        for (var g = 0u; g < G; g++) {
+            m[g] = NEG_BIG;
+            l[g] = 0.0;
+        }
+        for (var i = 0u; i < G * D4; i++) {
+            acc[i] = vec4<f32>(0.0);
+        }
+        for (var j = c * p.chunk; j < j1; j += 4u) {
+            // keys j..j+3 (those past j1 masked: their row is key j1 - 1's, their score NEG_BIG)
+            var row: vec4<u32>;
+            var sc: array<f32, 4 * G>;  // [G][4] scores (built into vec4s below: no dynamic vector stores)
+            for (var u = 0u; u < 4u; u++) {
+                let jj = min(j + u, j1 - 1u);
+                row[u] = ((table[tb + jj / p.block_size] * p.block_size + jj % p.block_size) * p.n_head_kv + hkv)
+                         * ROW;
+                var qk: array<vec4<f32>, G>;
+                for (var g = 0u; g < G; g++) {
+                    qk[g] = vec4<f32>(0.0);
+                }
+                for (var i = 0u; i < ROW; i++) {
+                    let kk = k_cache[row[u] + i];  // read once for the G heads
+                    for (var g = 0u; g < G; g++) {
+                        qk[g] += qv[g * D4 + i] * kk;
+                    }
+                }
+                for (var g = 0u; g < G; g++) {
+                    sc[4u * g + u] = select(NEG_BIG, p.scale * (qk[g].x + qk[g].y + qk[g].z + qk[g].w), j + u < j1);
+                }
             }
-            s = p.scale * (qk.x + qk.y + qk.z + qk.w);
-        }
-        score[t] = s;
-        workgroupBarrier();
-
-        var m_new = m;
-        for (var j = 0u; j < len; j++) {
-            m_new = max(m_new, score[j]);
-        }
-        let alpha = exp(m - m_new);  // rescales what was summed under the old max
-        prob[t] = exp(s - m_new);    // 0 for t >= len
-        m = m_new;
-        workgroupBarrier();
-
-        var tile_sum = 0.0;
-        for (var j = 0u; j < len; j++) {
-            tile_sum += prob[j];
-        }
-        l = l * alpha + tile_sum;
-        for (var d = t; d < D; d += WG) {
-            var a = acc[d] * alpha;
-            for (var j = 0u; j < len; j++) {
-                a += prob[j] * v_cache[krow[j] + d];
+            var alpha: array<f32, G>;  // rescales what was summed under the old max
+            var pr: array<vec4<f32>, G>;  // exp(score - new max): 0 for masked keys
+            for (var g = 0u; g < G; g++) {
+                let s = vec4<f32>(sc[4u * g], sc[4u * g + 1u], sc[4u * g + 2u], sc[4u * g + 3u]);
+                let m_new = max(m[g], max(max(s.x, s.y), max(s.z, s.w)));
+                alpha[g] = exp(m[g] - m_new);
+                pr[g] = exp(s - vec4<f32>(m_new));
+                l[g] = l[g] * alpha[g] + ((pr[g].x + pr[g].y) + (pr[g].z + pr[g].w));
+                m[g] = m_new;
             }
-            acc[d] = a;
+            for (var i = 0u; i < ROW; i++) {
+                let v0 = v_cache[row.x + i];
+                let v1 = v_cache[row.y + i];
+                let v2 = v_cache[row.z + i];
+                let v3 = v_cache[row.w + i];
+                for (var g = 0u; g < G; g++) {
+                    let a = g * D4 + i;
+                    acc[a] = acc[a] * alpha[g] + pr[g].x * v0 + pr[g].y * v1 + pr[g].z * v2 + pr[g].w * v3;
+                }
+            }
         }
-        // The next tile's first barrier keeps its writes of score/prob/krow behind every read of this one.
-        workgroupBarrier();
-    }
-
-    let inv = select(0.0, 1.0 / l, l > 0.0);  // padding tokens (no keys) write zeros
-    let ob = n * p.out_stride + h * D;
-    for (var d = t; d < D; d += WG) {
-        out[ob + d] = acc[d] * inv;
+        for (var g = 0u; g < G; g++) {
+            if (n_chunks == 1u) {
+                let inv = 1.0 / l[g];
+                for (var i = 0u; i < D4; i++) {
+                    let o = acc[g * D4 + i] * inv;
+                    let d = ob + g * D + 4u * i;
+                    out[d] = o.x;
+                    out[d + 1u] = o.y;
+                    out[d + 2u] = o.z;
+                    out[d + 3u] = o.w;
+                }
+            } else {
+                let r = ((n * p.n_head + h0 + g) * p.max_chunks + c) * (D4 + 1u);
+                part[r] = vec4<f32>(m[g], l[g], 0.0, 0.0);
+                for (var i = 0u; i < D4; i++) {
+                    part[r + 1u + i] = acc[g * D4 + i];
+                }
+            }
+        }
     }
 }
