@@ -315,3 +315,26 @@ def test_the_page_and_the_openai_api_share_one_server(page, server, native_model
     assert got["status"] == 200
     want = "".join(native_model.generate("The capital of France is", max_tokens=4, temperature=0))
     assert got["json"]["choices"][0]["text"] == want
+
+
+def test_sdk_profile_reports_the_decode_step(page, native_model):
+    """engine.benchmark({profile: true}): realm-web bench --profile's report from the browser's adapter — every
+    kernel of the step the native engine records for the same model, timed (SwiftShader has timestamps), and the
+    step's roofline; the engine still generates afterwards."""
+    setup_page(page)
+    got = page.evaluate(
+        """async () => {
+            const e = await R.engine(R.model);
+            const r = await e.benchmark({ nPrompt: 8, nGen: 2, profile: true });
+            const after = (await e.generate('The capital of France is', { maxTokens: 1, temperature: 0 })).text;
+            await e.unload();
+            return { r, after };
+        }"""
+    )
+    r = got["r"]
+    names = [d.name for d in native_model.transformer.step(1, 1).dispatches] + ["sample"]
+    assert r["dispatches_per_step"] == len(names) and r["n_steps"] == 2
+    assert {k["name"].removesuffix("_sg") for k in r["kernels"]} == {n.removesuffix("_sg") for n in names}
+    assert r["timestamps"] and all(k["us"] > 0 for k in r["kernels"]) and r["gpu_step_us"] > 0
+    assert r["decode_bytes"] > 0 and r["copy_gbps"] > 0
+    assert got["after"] == next(native_model.generate("The capital of France is", max_tokens=1, temperature=0))
