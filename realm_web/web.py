@@ -97,6 +97,7 @@ class WebModel:
             "n_layer": c.n_layer, "n_embd": c.n_embd, "adapter": d.name, "adapter_type": d.adapter_type,
             "features": sorted(d.features), "subgroups": d.subgroups,
             "max_storage_binding": d.max_storage_binding, "max_buffer": d.max_buffer,
+            "kv_type": m.kv_type,
         })  # fmt: skip
 
     def submit(self, request: Any, on_event: Any) -> int:
@@ -202,12 +203,12 @@ def load(read: Any, size: int, progress: Any = None, options: Any = None, draft_
          draft_size: int = 0) -> WebModel:  # fmt: skip
     """Parse the GGUF behind `read`, open the browser's WebGPU device and stream the weights into it.
     `progress(phase, done, total)` reports the upload; options: n_ctx, max_batch, chat_template, n_parallel,
-    kv_cache_tokens, features, max_loras, max_lora_rank, and speculative decoding's speculative ("ngram"),
+    kv_cache_tokens, kv_type, features, max_loras, max_lora_rank, and speculative decoding's speculative ("ngram"),
     draft_max, draft_min, draft_p_min, ngram_n, draft_greedy. `draft_read` / `draft_size`: a draft model's
     GGUF, read the same way."""
     given = {k: v for k, v in (_py(options) or {}).items() if v is not None}
     keys = ("n_ctx", "max_batch", "chat_template", "n_parallel", "kv_cache_tokens", "speculative", "draft_max",
-            "draft_min", "draft_p_min", "ngram_n", "draft_greedy", "max_loras", "max_lora_rank")  # fmt: skip
+            "draft_min", "draft_p_min", "ngram_n", "draft_greedy", "max_loras", "max_lora_rank", "kv_type")  # fmt: skip
     opts = {k: v for k, v in given.items() if k in keys}
     gf = read_gguf(JSSource(read, size))
     if _py(draft_read) is not None:

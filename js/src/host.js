@@ -108,7 +108,7 @@ export class Host {
       const t1 = performance.now();
       const options = {
         n_ctx: config.n_ctx, chat_template: config.chat_template, max_batch: config.max_batch, features: config.features,
-        n_parallel: config.n_parallel, kv_cache_tokens: config.kv_cache_tokens, speculative: config.speculative,
+        n_parallel: config.n_parallel, kv_cache_tokens: config.kv_cache_tokens, kv_type: config.kv_type, speculative: config.speculative,
         draft_max: config.draft_max, draft_min: config.draft_min, draft_p_min: config.draft_p_min, ngram_n: config.ngram_n,
       };
       this.model = await runtime.loadModel(

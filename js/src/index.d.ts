@@ -82,6 +82,8 @@ export interface AppConfig {
   n_parallel?: number;
   /** Advanced: positions in the paged KV cache shared by all requests (default: n_parallel contexts of ≤ 1024). */
   kv_cache_tokens?: number;
+  /** The KV cache's element type: "f16" (default; packed in u32, half the memory, within 1e-3 of f32) or "f32". */
+  kv_type?: "f16" | "f32";
   /** Advanced: restrict the optional WebGPU features used (e.g. [] to run without subgroups). */
   features?: string[];
 }
@@ -147,6 +149,8 @@ export interface ModelInfo {
   subgroups: boolean;
   max_storage_binding?: number;
   max_buffer?: number;
+  /** The KV cache's element type. */
+  kv_type?: "f16" | "f32";
   [key: string]: unknown;
 }
 

@@ -50,6 +50,7 @@ export async function createEngine(
     features: appConfig.features,
     n_parallel: nParallel ?? appConfig.n_parallel,
     kv_cache_tokens: appConfig.kv_cache_tokens,
+    kv_type: appConfig.kv_type,
     speculative: speculative ?? appConfig.speculative,
     draft_max: draftMax ?? appConfig.draft_max,
     draft_min: draftMin ?? appConfig.draft_min,

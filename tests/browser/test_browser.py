@@ -320,17 +320,29 @@ def test_the_page_and_the_openai_api_share_one_server(page, server, native_model
 def test_sdk_profile_reports_the_decode_step(page, native_model):
     """engine.benchmark({profile: true}): realm-web bench --profile's report from the browser's adapter — every
     kernel of the step the native engine records for the same model, timed (SwiftShader has timestamps), and the
-    step's roofline; the engine still generates afterwards."""
+    step's roofline; the engine still generates afterwards. appConfig.kv_type reaches the engine: an f32 cache
+    reads twice the KV bytes per step and runs the f32 kernels."""
     setup_page(page)
     got = page.evaluate(
         """async () => {
             const e = await R.engine(R.model);
             const r = await e.benchmark({ nPrompt: 8, nGen: 2, profile: true });
             const after = (await e.generate('The capital of France is', { maxTokens: 1, temperature: 0 })).text;
+            const kv = e.modelInfo.kv_type;
             await e.unload();
-            return { r, after };
+            const e32 = await R.engine(R.model, { appConfig: { kv_type: 'f32' } });
+            const r32 = await e32.benchmark({ nPrompt: 8, nGen: 2, profile: true });
+            const kv32 = e32.modelInfo.kv_type;
+            await e32.unload();
+            return { r, after, kv, r32, kv32 };
         }"""
     )
+    assert (got["kv"], got["kv32"]) == ("f16", "f32")
+    c = native_model.config
+    pos = got["r"]["positions"][1]  # the middle of 2 steps, where decode_bytes is taken, the same in both runs
+    kv_f16 = 2 * c.n_layer * (pos + 1) * c.kv_dim * 2
+    assert got["r32"]["decode_bytes"] - got["r"]["decode_bytes"] == kv_f16
+    assert not any(k["name"].endswith("_f16") or "_f16_" in k["name"] for k in got["r32"]["kernels"])
     r = got["r"]
     names = [d.name for d in native_model.transformer.step(1, 1).dispatches] + ["sample"]
     assert r["dispatches_per_step"] == len(names) and r["n_steps"] == 2
